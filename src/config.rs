@@ -1,0 +1,779 @@
+//! Typed settings: loaded from one TOML file (the embedded `config/default.toml` unless
+//! `--config` names another), then `SYNCHSPEED__SECTION__KEY` environment variables; validated
+//! into types that cannot be wrong. An invalid setting stops the start with a message naming
+//! the key (exit code 64, see `main.rs`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use url::Url;
+
+use crate::domain::AppName;
+use crate::domain::policy::{ApiToken, CallerPolicy, TokenSet};
+
+/// The configuration that runs on a fresh machine: the file registry, no external services.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 5] = [
+    "security.allow",
+    "security.deny",
+    "security.trusted_proxies",
+    "security.tokens",
+    "registry.eureka.urls",
+];
+
+/// A setting that cannot be used, with the key it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration: {0}")]
+    Load(#[from] ::config::ConfigError),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub security: SecuritySettings,
+    pub registry: RegistrySettings,
+    pub groups: GroupsSettings,
+    pub gateway: GatewaySettings,
+    pub drain: DrainSettings,
+    pub store: StoreSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 beyond).
+    pub body_limit: usize,
+    /// How long shutdown waits for in-flight operations before it exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default, for a terminal).
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `synchspeed=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecuritySettings {
+    pub policy: CallerPolicy,
+    pub tokens: TokenSet,
+}
+
+#[derive(Debug, Clone)]
+pub enum RegistrySettings {
+    Eureka(EurekaSettings),
+    File(FileRegistrySettings),
+}
+
+impl RegistrySettings {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistrySettings::Eureka(_) => "eureka",
+            RegistrySettings::File(_) => "file",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EurekaSettings {
+    /// Every peer's base URL (`.../eureka` or `.../eureka/v2`), credentials allowed.
+    pub urls: Vec<Url>,
+    /// How often the local cache is refreshed with `GET apps/delta`.
+    pub refresh: Duration,
+    /// Per-request timeout for registry calls.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileRegistrySettings {
+    pub path: PathBuf,
+    /// How often the file is checked for changes.
+    pub refresh: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupsSettings {
+    /// App → the gateway groups that route to it.
+    pub routes: BTreeMap<AppName, Vec<AppName>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub path: String,
+    /// Per attempt.
+    pub timeout: Duration,
+    pub attempts: u32,
+    /// Delay before the first retry; doubled each retry, with jitter, up to `backoff_max`.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    /// Notifications in flight at once, across all operations.
+    pub concurrency: usize,
+    /// HMAC key for `X-Synchspeed-Signature`; `None` sends no signature.
+    pub secret: Option<String>,
+    /// Instance metadata key holding a gateway node's notification port (`management.port`).
+    pub port_metadata_key: Option<String>,
+    /// Groups whose nodes are listed here rather than found in the registry.
+    pub nodes: BTreeMap<AppName, Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainSettings {
+    /// `timeout` when a caller asks to `wait` without one.
+    pub wait_timeout: Duration,
+    /// The largest `timeout` a caller may ask for.
+    pub wait_timeout_max: Duration,
+    /// Operations in flight at once; past it callers get 429.
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub url: String,
+}
+
+// ---- raw shape, as written in TOML ----------------------------------------------------------
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Raw {
+    server: RawServer,
+    log: RawLog,
+    security: RawSecurity,
+    registry: RawRegistry,
+    groups: RawGroups,
+    gateway: RawGateway,
+    drain: RawDrain,
+    store: RawStore,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    body_limit: usize,
+    shutdown_grace: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            body_limit: 64 * 1024,
+            shutdown_grace: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawSecurity {
+    allow: Vec<String>,
+    deny: Vec<String>,
+    trusted_proxies: Vec<String>,
+    tokens: Vec<RawToken>,
+}
+
+/// A token is a bare secret (its principal is then `token-N`) or a named one.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawToken {
+    Secret(String),
+    Named { principal: String, token: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRegistry {
+    kind: String,
+    eureka: RawEureka,
+    zookeeper: RawZookeeper,
+    file: RawFile,
+}
+
+impl Default for RawRegistry {
+    fn default() -> Self {
+        Self {
+            kind: "eureka".into(),
+            eureka: RawEureka::default(),
+            zookeeper: RawZookeeper::default(),
+            file: RawFile::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawEureka {
+    urls: Vec<String>,
+    refresh: String,
+    timeout: String,
+}
+
+impl Default for RawEureka {
+    fn default() -> Self {
+        Self {
+            urls: vec!["http://127.0.0.1:8761/eureka".into()],
+            refresh: "5s".into(),
+            timeout: "3s".into(),
+        }
+    }
+}
+
+/// Accepted so that one file can carry every registry's section; only `kind` selects.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct RawZookeeper {
+    #[allow(dead_code)]
+    connect: Option<String>,
+    #[allow(dead_code)]
+    root: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawFile {
+    path: String,
+    refresh: String,
+}
+
+impl Default for RawFile {
+    fn default() -> Self {
+        Self {
+            path: "config/instances.toml".into(),
+            refresh: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawGroups {
+    source: String,
+    #[serde(rename = "static")]
+    static_routes: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for RawGroups {
+    fn default() -> Self {
+        Self {
+            source: "static".into(),
+            static_routes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawGateway {
+    notifier: String,
+    path: String,
+    timeout: String,
+    attempts: u32,
+    backoff: String,
+    backoff_max: String,
+    concurrency: usize,
+    secret: String,
+    port_metadata_key: String,
+    nodes: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        Self {
+            notifier: "webhook".into(),
+            path: "/synchspeed/v1/notify".into(),
+            timeout: "2s".into(),
+            attempts: 3,
+            backoff: "100ms".into(),
+            backoff_max: "2s".into(),
+            concurrency: 256,
+            secret: String::new(),
+            port_metadata_key: String::new(),
+            nodes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawDrain {
+    wait_timeout: String,
+    wait_timeout_max: String,
+    max_in_flight: usize,
+}
+
+impl Default for RawDrain {
+    fn default() -> Self {
+        Self {
+            wait_timeout: "30s".into(),
+            wait_timeout_max: "5m".into(),
+            max_in_flight: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawStore {
+    url: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/synchspeed.db".into(),
+        }
+    }
+}
+
+// ---- loading --------------------------------------------------------------------------------
+
+impl Settings {
+    /// The file at `path` (or the embedded default), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        use ::config::{Config, Environment, File, FileFormat};
+        let builder = Config::builder();
+        let builder = match path {
+            Some(path) => {
+                builder.add_source(File::from(path).format(FileFormat::Toml).required(true))
+            }
+            None => builder.add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml)),
+        };
+        let mut env = Environment::with_prefix("SYNCHSPEED")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        let raw: Raw = builder.add_source(env).build()?.try_deserialize()?;
+        raw.validate()
+    }
+
+    /// Settings from TOML text alone (no environment): for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        use ::config::{Config, File, FileFormat};
+        let raw: Raw = Config::builder()
+            .add_source(File::from_str(text, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        raw.validate()
+    }
+}
+
+fn duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(raw.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("'{raw}' is not a duration such as 500ms or 5s ({e})"),
+        )
+    })
+}
+
+fn positive_duration(key: &str, raw: &str) -> Result<Duration, ConfigError> {
+    let value = duration(key, raw)?;
+    if value.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(value)
+}
+
+/// A CIDR list; a bare address means that one address.
+fn networks(key: &str, raw: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let entry = entry.trim();
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    invalid(
+                        format!("{key}[{i}]"),
+                        format!("'{entry}' is not a CIDR range or an address"),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn app_name(key: &str, raw: &str) -> Result<AppName, ConfigError> {
+    AppName::parse(raw).map_err(|e| invalid(key, format!("'{raw}': {e}")))
+}
+
+impl Raw {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            server: self.server.validate()?,
+            log: self.log.validate()?,
+            security: self.security.validate()?,
+            registry: self.registry.validate()?,
+            groups: self.groups.validate()?,
+            gateway: self.gateway.validate()?,
+            drain: self.drain.validate()?,
+            store: self.store.validate()?,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerSettings, ConfigError> {
+        let listen = self.listen.trim().parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "'{}' is not an address:port such as 0.0.0.0:8080",
+                    self.listen
+                ),
+            )
+        })?;
+        if self.body_limit == 0 {
+            return Err(invalid("server.body_limit", "must be at least 1 byte"));
+        }
+        Ok(ServerSettings {
+            listen,
+            body_limit: self.body_limit,
+            shutdown_grace: duration("server.shutdown_grace", &self.shutdown_grace)?,
+        })
+    }
+}
+
+impl RawLog {
+    fn validate(self) -> Result<LogSettings, ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!("'{}' is not a log filter ({e})", self.level),
+            )
+        })?;
+        Ok(LogSettings {
+            format: self.format,
+            level: self.level,
+        })
+    }
+}
+
+impl RawSecurity {
+    fn validate(self) -> Result<SecuritySettings, ConfigError> {
+        let policy = CallerPolicy::new(
+            networks("security.allow", &self.allow)?,
+            networks("security.deny", &self.deny)?,
+            networks("security.trusted_proxies", &self.trusted_proxies)?,
+        );
+        let mut tokens = Vec::with_capacity(self.tokens.len());
+        for (i, token) in self.tokens.into_iter().enumerate() {
+            let key = format!("security.tokens[{i}]");
+            let (principal, secret) = match token {
+                RawToken::Secret(secret) => (format!("token-{}", i + 1), secret),
+                RawToken::Named { principal, token } => (principal, token),
+            };
+            // Short secrets are guessable; 16 characters is the floor for anything on a network.
+            if secret.trim().len() < 16 {
+                return Err(invalid(key, "a token must be at least 16 characters"));
+            }
+            if principal.trim().is_empty() {
+                return Err(invalid(key, "a named token needs a non-empty principal"));
+            }
+            tokens.push(ApiToken::new(principal, secret.trim()));
+        }
+        Ok(SecuritySettings {
+            policy,
+            tokens: TokenSet::new(tokens),
+        })
+    }
+}
+
+impl RawRegistry {
+    fn validate(self) -> Result<RegistrySettings, ConfigError> {
+        match self.kind.trim() {
+            "eureka" => {
+                let raw = self.eureka;
+                if raw.urls.is_empty() {
+                    return Err(invalid(
+                        "registry.eureka.urls",
+                        "list at least one Eureka peer",
+                    ));
+                }
+                let urls = raw
+                    .urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| {
+                        let key = format!("registry.eureka.urls[{i}]");
+                        let parsed = Url::parse(url.trim())
+                            .map_err(|e| invalid(&key, format!("'{url}' is not a URL ({e})")))?;
+                        if !matches!(parsed.scheme(), "http" | "https") {
+                            return Err(invalid(&key, "must be an http or https URL"));
+                        }
+                        Ok(parsed)
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(RegistrySettings::Eureka(EurekaSettings {
+                    urls,
+                    refresh: positive_duration("registry.eureka.refresh", &raw.refresh)?,
+                    timeout: positive_duration("registry.eureka.timeout", &raw.timeout)?,
+                }))
+            }
+            "file" => Ok(RegistrySettings::File(FileRegistrySettings {
+                path: PathBuf::from(self.file.path),
+                refresh: positive_duration("registry.file.refresh", &self.file.refresh)?,
+            })),
+            "zookeeper" | "nacos" => Err(invalid(
+                "registry.kind",
+                format!(
+                    "'{}' is not supported by this version yet (eureka, file)",
+                    self.kind
+                ),
+            )),
+            other => Err(invalid(
+                "registry.kind",
+                format!("'{other}' is not a registry kind (eureka, file)"),
+            )),
+        }
+    }
+}
+
+impl RawGroups {
+    fn validate(self) -> Result<GroupsSettings, ConfigError> {
+        if self.source.trim() != "static" {
+            return Err(invalid(
+                "groups.source",
+                format!(
+                    "'{}' is not supported by this version (static)",
+                    self.source
+                ),
+            ));
+        }
+        let mut routes = BTreeMap::new();
+        for (app, groups) in self.static_routes {
+            let key = format!("groups.static.{app}");
+            let app = app_name(&key, &app)?;
+            let groups = groups
+                .iter()
+                .map(|group| app_name(&key, group))
+                .collect::<Result<Vec<_>, _>>()?;
+            routes.insert(app, groups);
+        }
+        Ok(GroupsSettings { routes })
+    }
+}
+
+impl RawGateway {
+    fn validate(self) -> Result<GatewaySettings, ConfigError> {
+        if self.notifier.trim() != "webhook" {
+            return Err(invalid(
+                "gateway.notifier",
+                format!(
+                    "'{}' is not supported by this version (webhook)",
+                    self.notifier
+                ),
+            ));
+        }
+        if !self.path.starts_with('/') {
+            return Err(invalid("gateway.path", "must start with /"));
+        }
+        if self.attempts == 0 {
+            return Err(invalid("gateway.attempts", "must be at least 1"));
+        }
+        if self.concurrency == 0 {
+            return Err(invalid("gateway.concurrency", "must be at least 1"));
+        }
+        let mut nodes = BTreeMap::new();
+        for (group, list) in self.nodes {
+            let key = format!("gateway.nodes.{group}");
+            let group = app_name(&key, &group)?;
+            for node in &list {
+                node_address(&key, node)?;
+            }
+            nodes.insert(group, list);
+        }
+        Ok(GatewaySettings {
+            path: self.path,
+            timeout: positive_duration("gateway.timeout", &self.timeout)?,
+            attempts: self.attempts,
+            backoff: duration("gateway.backoff", &self.backoff)?,
+            backoff_max: duration("gateway.backoff_max", &self.backoff_max)?,
+            concurrency: self.concurrency,
+            secret: Some(self.secret).filter(|s| !s.is_empty()),
+            port_metadata_key: Some(self.port_metadata_key.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+            nodes,
+        })
+    }
+}
+
+/// A static node is `host:port`; the host may be a name or an address (`[v6]` bracketed).
+fn node_address(key: &str, node: &str) -> Result<(), ConfigError> {
+    let parsed = Url::parse(&format!("http://{node}"))
+        .map_err(|e| invalid(key, format!("'{node}' is not host:port ({e})")))?;
+    if parsed.port().is_none() || parsed.path() != "/" || parsed.host_str().is_none() {
+        return Err(invalid(key, format!("'{node}' is not host:port")));
+    }
+    Ok(())
+}
+
+impl RawDrain {
+    fn validate(self) -> Result<DrainSettings, ConfigError> {
+        let wait_timeout = positive_duration("drain.wait_timeout", &self.wait_timeout)?;
+        let wait_timeout_max = positive_duration("drain.wait_timeout_max", &self.wait_timeout_max)?;
+        if wait_timeout > wait_timeout_max {
+            return Err(invalid(
+                "drain.wait_timeout",
+                "must not exceed drain.wait_timeout_max",
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(invalid("drain.max_in_flight", "must be at least 1"));
+        }
+        Ok(DrainSettings {
+            wait_timeout,
+            wait_timeout_max,
+            max_in_flight: self.max_in_flight,
+        })
+    }
+}
+
+impl RawStore {
+    fn validate(self) -> Result<StoreSettings, ConfigError> {
+        if !self.url.starts_with("sqlite:") {
+            return Err(invalid(
+                "store.url",
+                "only sqlite: URLs are supported by this version (postgres is planned)",
+            ));
+        }
+        Ok(StoreSettings { url: self.url })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid_and_runs_without_a_registry() {
+        let settings = Settings::from_toml(DEFAULT_TOML).unwrap();
+        assert_eq!(settings.registry.kind(), "file");
+        assert!(settings.store.url.starts_with("sqlite:"));
+    }
+
+    fn error_key(text: &str) -> String {
+        match Settings::from_toml(text).unwrap_err() {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(
+            error_key("[security]\nallow = [\"10.0.0.0/33\"]"),
+            "security.allow[0]"
+        );
+        assert_eq!(
+            error_key("[gateway]\ntimeout = \"soon\""),
+            "gateway.timeout"
+        );
+        assert_eq!(error_key("[registry]\nkind = \"consul\""), "registry.kind");
+        assert_eq!(
+            error_key("[security]\ntokens = [\"short\"]"),
+            "security.tokens[0]"
+        );
+        assert_eq!(
+            error_key("[gateway.nodes]\nEDGE = [\"no-port\"]"),
+            "gateway.nodes.EDGE"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Settings::from_toml("[server]\nlisten_on = \"0.0.0.0:1\"").unwrap_err();
+        assert!(err.to_string().contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn bare_addresses_are_single_host_ranges_and_tokens_name_principals() {
+        let settings = Settings::from_toml(
+            "[security]\nallow = [\"10.1.2.3\"]\ntokens = [\"0123456789abcdef\", {principal = \"ci\", token = \"fedcba9876543210\"}]",
+        )
+        .unwrap();
+        assert!(
+            settings
+                .security
+                .policy
+                .check("10.1.2.3".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            settings
+                .security
+                .policy
+                .check("10.1.2.4".parse().unwrap())
+                .is_err()
+        );
+        assert_eq!(
+            settings.security.tokens.authenticate("0123456789abcdef"),
+            Some("token-1")
+        );
+        assert_eq!(
+            settings.security.tokens.authenticate("fedcba9876543210"),
+            Some("ci")
+        );
+    }
+
+    #[test]
+    fn group_routes_are_canonical_app_names() {
+        let settings =
+            Settings::from_toml("[groups.static]\n\"order-service\" = [\"gateway-public\"]")
+                .unwrap();
+        let app = AppName::parse("ORDER-SERVICE").unwrap();
+        assert_eq!(
+            settings.groups.routes[&app],
+            vec![AppName::parse("GATEWAY-PUBLIC").unwrap()]
+        );
+    }
+}

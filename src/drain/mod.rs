@@ -1,0 +1,582 @@
+//! The orchestrator: plan, journal, registry, fan-out (`ARCHITECTURE.md`, "The shape of the
+//! system"). It knows the traits of registry, groups, gateway and store, never a backend.
+//!
+//! The registry step is a soft transaction: every instance's status is written first, and
+//! only if all of them took it are gateways told anything. If one is refused, the others are
+//! put back and the operation fails with nothing notified.
+
+mod plan;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use futures::future::join_all;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, warn};
+
+pub use plan::{Plan, describe};
+
+use crate::config::DrainSettings;
+use crate::domain::{
+    Action, Caller, Hold, Instance, InstanceResult, NodeResult, NodeState, Operation,
+    OperationError, OperationId, OperationState, RegistryStep, Status, Target,
+};
+use crate::gateway::fanout::{FanOut, Job};
+use crate::gateway::nodes::NodeDirectory;
+use crate::gateway::{Notification, NotifiedInstance};
+use crate::groups::{GroupSource, GroupsError};
+use crate::registry::{Registry, RegistryError};
+use crate::store::{Store, StoreError};
+use crate::telemetry::{Metrics, NotificationLabels, OperationLabels};
+
+/// One offline or online request, parsed.
+#[derive(Debug, Clone)]
+pub struct DrainRequest {
+    pub action: Action,
+    /// One target for the instance calls; several for a batch.
+    pub targets: Vec<Target>,
+    pub reason: Option<String>,
+    pub caller: Caller,
+    pub dry_run: bool,
+    /// `Some` when the caller waits for every node, at most this long.
+    pub wait: Option<Duration>,
+}
+
+/// How a request ended, from the caller's point of view.
+#[derive(Debug)]
+pub enum DrainOutcome {
+    /// A dry run: the plan, nothing changed.
+    Planned(Operation),
+    /// The registry took it; the fan-out goes on in the background.
+    Accepted(Operation),
+    /// The caller waited and every node answered (state `succeeded` or `partial`).
+    Settled(Operation),
+    /// The caller waited and the timeout came first (state `in_progress`).
+    TimedOut(Operation),
+}
+
+/// Why a request changed nothing (or was undone).
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("no registered instance matches {0}")]
+    NoMatch(String),
+    #[error("too many operations in flight")]
+    Busy,
+    #[error("synchspeed is shutting down")]
+    ShuttingDown,
+    /// Nothing could be looked up or written: no operation was recorded, or the recorded one
+    /// failed with nothing changed.
+    #[error("the registry cannot be reached: {message}")]
+    RegistryUnavailable {
+        message: String,
+        operation: Option<Box<Operation>>,
+    },
+    #[error("the registry refused the change: {message}")]
+    RegistryRefused {
+        message: String,
+        operation: Box<Operation>,
+    },
+    #[error(transparent)]
+    Groups(GroupsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl DrainError {
+    fn registry_unavailable(error: RegistryError) -> Self {
+        DrainError::RegistryUnavailable {
+            message: error.to_string(),
+            operation: None,
+        }
+    }
+}
+
+/// Operations whose fan-out is still running: readers see their progress live.
+type LiveOperations = Mutex<HashMap<OperationId, watch::Receiver<Operation>>>;
+
+pub struct Orchestrator {
+    registry: Arc<dyn Registry>,
+    groups: Arc<dyn GroupSource>,
+    nodes: NodeDirectory,
+    fanout: FanOut,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    settings: DrainSettings,
+    live: Arc<LiveOperations>,
+    /// `drain.max_in_flight`: one permit per operation from journal to settled.
+    in_flight: Arc<Semaphore>,
+    /// Every background fan-out, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+/// Dependencies of the orchestrator, built by `startup`.
+pub struct Parts {
+    pub registry: Arc<dyn Registry>,
+    pub groups: Arc<dyn GroupSource>,
+    pub nodes: NodeDirectory,
+    pub fanout: FanOut,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub settings: DrainSettings,
+}
+
+impl Orchestrator {
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            in_flight: Arc::new(Semaphore::new(parts.settings.max_in_flight)),
+            registry: parts.registry,
+            groups: parts.groups,
+            nodes: parts.nodes,
+            fanout: parts.fanout,
+            store: parts.store,
+            metrics: parts.metrics,
+            settings: parts.settings,
+            live: Arc::default(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &DrainSettings {
+        &self.settings
+    }
+
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// An operation, live if its fan-out is running, else from the store.
+    pub async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+        let live = lock(&self.live).get(id).map(|rx| rx.borrow().clone());
+        match live {
+            Some(operation) => Ok(Some(operation)),
+            None => self.store.operation(id).await,
+        }
+    }
+
+    /// Runs one request through plan, journal, registry and fan-out.
+    pub async fn execute(&self, request: DrainRequest) -> Result<DrainOutcome, DrainError> {
+        if request.dry_run {
+            let plan = self.plan(&request.targets).await?;
+            let mut operation = new_operation(&request, &plan);
+            operation.state = OperationState::Planned;
+            return Ok(DrainOutcome::Planned(operation));
+        }
+        if self.tasks.is_closed() {
+            return Err(DrainError::ShuttingDown);
+        }
+        let permit = Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| DrainError::Busy)?;
+        let plan = self.plan(&request.targets).await?;
+        let mut operation = new_operation(&request, &plan);
+        // Journal before the first side effect.
+        self.store.save_operation(&operation).await?;
+        self.metrics.operations_in_flight.inc();
+        let span =
+            tracing::info_span!("operation", id = %operation.id, action = request.action.as_str());
+        let registry_result = self
+            .registry_step(&mut operation, &plan, request.action)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = registry_result {
+            record_settled(&self.metrics, &operation);
+            return Err(error);
+        }
+        let receiver = self.start_fanout(operation, &plan, permit, span);
+        match request.wait {
+            None => Ok(DrainOutcome::Accepted(receiver.borrow().clone())),
+            Some(timeout) => Ok(wait_for(receiver, timeout).await),
+        }
+    }
+
+    async fn plan(&self, targets: &[Target]) -> Result<Plan, DrainError> {
+        let instances = plan::resolve_instances(self.registry.as_ref(), targets).await?;
+        let deliveries =
+            plan::resolve_deliveries(self.groups.as_ref(), &self.nodes, &instances).await?;
+        Ok(Plan {
+            instances,
+            deliveries,
+        })
+    }
+
+    /// Writes every instance's status; all or nothing.
+    async fn registry_step(
+        &self,
+        operation: &mut Operation,
+        plan: &Plan,
+        action: Action,
+    ) -> Result<(), DrainError> {
+        let status = action.target_status();
+        let results = join_all(
+            plan.instances
+                .iter()
+                .map(|instance| self.registry.set_status(instance, status)),
+        )
+        .await;
+        let mut failures = Vec::new();
+        for ((result, instance), record) in results
+            .into_iter()
+            .zip(&plan.instances)
+            .zip(operation.instances.iter_mut())
+        {
+            match result {
+                Ok(change) => {
+                    record.registry = RegistryStep::Updated;
+                    record.peers = change.peers;
+                }
+                Err(error) => {
+                    record.registry = RegistryStep::Failed;
+                    record.error = Some(error.to_string());
+                    failures.push((instance.clone(), error));
+                }
+            }
+        }
+        let now = Utc::now();
+        if failures.is_empty() {
+            operation.registry_updated_at = Some(now);
+            // The registry has changed: from here on the gateways must be told whatever the
+            // store says, so a store failure is logged, not returned.
+            if let Err(e) = self.record_desired_state(operation, plan, action).await {
+                error!(operation = %operation.id, "cannot record the desired state: {e}");
+            }
+            if let Err(e) = self.store.save_operation(operation).await {
+                error!(operation = %operation.id, "cannot journal the registry step: {e}");
+            }
+            return Ok(());
+        }
+
+        self.revert(operation, plan).await;
+        let unreachable = failures.iter().all(|(_, e)| {
+            matches!(
+                e,
+                RegistryError::Unreachable(_) | RegistryError::NotReady(_)
+            )
+        });
+        let gone = failures
+            .iter()
+            .all(|(_, e)| matches!(e, RegistryError::NotFound));
+        let message = failures
+            .iter()
+            .map(|(instance, e)| format!("{} {}: {e}", instance.app, instance.instance_id))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let code = if unreachable {
+            "registry_unavailable"
+        } else if gone {
+            "instance_gone"
+        } else {
+            "registry_refused"
+        };
+        operation.state = OperationState::Failed;
+        operation.completed_at = Some(now);
+        operation.error = Some(OperationError {
+            code: code.into(),
+            message: message.clone(),
+        });
+        if let Err(e) = self.store.save_operation(operation).await {
+            error!(operation = %operation.id, "cannot record the failed operation: {e}");
+        }
+        warn!(operation = %operation.id, "registry step failed, no gateway notified: {message}");
+        let boxed = Box::new(operation.clone());
+        Err(if unreachable {
+            DrainError::RegistryUnavailable {
+                message,
+                operation: Some(boxed),
+            }
+        } else {
+            DrainError::RegistryRefused {
+                message,
+                operation: boxed,
+            }
+        })
+    }
+
+    /// Puts back the instances of a failed registry step that did take the change, so a
+    /// failed operation leaves the registry as it found it.
+    async fn revert(&self, operation: &mut Operation, plan: &Plan) {
+        for (record, instance) in operation.instances.iter_mut().zip(&plan.instances) {
+            if record.registry != RegistryStep::Updated {
+                continue;
+            }
+            // Only UP and OUT_OF_SERVICE are ours to write back; anything else was the
+            // instance's own status, which it reasserts on its next heartbeat.
+            let before = record.status_before;
+            if !matches!(before, Status::Up | Status::OutOfService) {
+                record.registry = RegistryStep::Reverted;
+                continue;
+            }
+            match self.registry.set_status(instance, before).await {
+                Ok(_) => record.registry = RegistryStep::Reverted,
+                Err(e) => {
+                    error!(app = %instance.app, id = %instance.instance_id, "cannot revert the registry change: {e}");
+                    record.error = Some(format!("changed, and could not be put back: {e}"));
+                }
+            }
+        }
+    }
+
+    async fn record_desired_state(
+        &self,
+        operation: &Operation,
+        plan: &Plan,
+        action: Action,
+    ) -> Result<(), StoreError> {
+        match action {
+            Action::Offline => {
+                let holds: Vec<Hold> = plan
+                    .instances
+                    .iter()
+                    .map(|instance| Hold {
+                        app: instance.app.clone(),
+                        instance_id: instance.instance_id.clone(),
+                        ip: instance.ip,
+                        port: instance.port,
+                        registered_at: instance.registered_at,
+                        operation_id: operation.id.clone(),
+                        since: Utc::now(),
+                    })
+                    .collect();
+                self.store.put_holds(&holds).await
+            }
+            Action::Online => {
+                let keys: Vec<_> = plan.instances.iter().map(Instance::key).collect();
+                self.store.release_holds(&keys).await
+            }
+        }
+    }
+
+    /// Starts the background fan-out and returns a view of its progress.
+    fn start_fanout(
+        &self,
+        operation: Operation,
+        plan: &Plan,
+        permit: OwnedSemaphorePermit,
+        span: tracing::Span,
+    ) -> watch::Receiver<Operation> {
+        let notifications = notifications(&operation, plan);
+        let jobs: Vec<Job> = plan
+            .deliveries
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, (node, app))| {
+                Some(Job {
+                    slot,
+                    node: node.clone(),
+                    notification: Arc::clone(notifications.get(app)?),
+                })
+            })
+            .collect();
+        let id = operation.id.clone();
+        let (sender, receiver) = watch::channel(operation);
+        lock(&self.live).insert(id.clone(), receiver.clone());
+        let deliveries = self.fanout.deliver(jobs);
+        let store = Arc::clone(&self.store);
+        let metrics = Arc::clone(&self.metrics);
+        let live = Arc::clone(&self.live);
+        let task = async move {
+            // Held until the operation settles: `drain.max_in_flight` counts whole operations.
+            let _permit = permit;
+            futures::pin_mut!(deliveries);
+            while let Some((slot, delivery)) = deliveries.next().await {
+                metrics
+                    .notification_seconds
+                    .get_or_create(&NotificationLabels {
+                        state: if delivery.acked { "acked" } else { "failed" }.into(),
+                    })
+                    .observe(delivery.elapsed.as_secs_f64());
+                sender.send_modify(|op| {
+                    let Some(node) = op.gateways.get_mut(slot) else { return };
+                    node.state = if delivery.acked { NodeState::Acked } else { NodeState::Failed };
+                    node.attempts = delivery.attempts;
+                    node.latency_ms = Some(delivery.elapsed.as_secs_f64() * 1000.0);
+                    node.error = delivery.error.clone();
+                    if !delivery.acked {
+                        warn!(node = %node.node, group = %node.group, attempts = delivery.attempts,
+                            "gateway node did not acknowledge: {}", delivery.error.as_deref().unwrap_or("no answer"));
+                    }
+                });
+            }
+            sender.send_modify(|op| op.settle(Utc::now()));
+            let settled = sender.borrow().clone();
+            if let Err(e) = store.save_operation(&settled).await {
+                error!(operation = %settled.id, "cannot record the settled operation: {e}");
+            }
+            // Readers move to the store only once it has the settled record.
+            lock(&live).remove(&settled.id);
+            record_settled(&metrics, &settled);
+        }
+        .instrument(span);
+        self.tasks.spawn(task);
+        receiver
+    }
+
+    /// Marks operations a previous process left `in_progress` (it stopped mid-way): nodes
+    /// that never answered are failed with that reason, and an operation that never reached
+    /// the registry failed with nothing changed.
+    pub async fn recover_unfinished(&self) -> Result<usize, StoreError> {
+        let unfinished = self.store.unfinished_operations().await?;
+        let count = unfinished.len();
+        for mut operation in unfinished {
+            let now = Utc::now();
+            if operation.registry_updated_at.is_none() {
+                operation.state = OperationState::Failed;
+                operation.completed_at = Some(now);
+                operation.error = Some(OperationError {
+                    code: "interrupted".into(),
+                    message:
+                        "synchspeed stopped before the registry step finished; nothing was notified"
+                            .into(),
+                });
+            } else {
+                for node in &mut operation.gateways {
+                    if node.state == NodeState::Pending {
+                        node.state = NodeState::Failed;
+                        node.error = Some("synchspeed stopped before this node answered".into());
+                    }
+                }
+                operation.settle(now);
+            }
+            warn!(operation = %operation.id, state = operation.state.as_str(), "operation left unfinished by a previous run closed");
+            self.store.save_operation(&operation).await?;
+        }
+        Ok(count)
+    }
+
+    /// Stops taking operations and waits up to `grace` for the running fan-outs.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.tasks.close();
+        let finished = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        if !finished {
+            warn!(
+                running = self.tasks.len(),
+                "shutdown grace elapsed with fan-outs still running"
+            );
+        }
+        finished
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation: a poisoned lock is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The operation record for a plan, before anything happened.
+fn new_operation(request: &DrainRequest, plan: &Plan) -> Operation {
+    let target = request.targets.first().cloned().unwrap_or(Target {
+        ip: std::net::IpAddr::from([0, 0, 0, 0]),
+        port: None,
+        app: None,
+    });
+    Operation {
+        id: OperationId::generate(),
+        action: request.action,
+        state: OperationState::InProgress,
+        target,
+        targets: if request.targets.len() > 1 {
+            request.targets.clone()
+        } else {
+            Vec::new()
+        },
+        reason: request.reason.clone(),
+        caller: request.caller.clone(),
+        instances: plan.instances.iter().map(InstanceResult::planned).collect(),
+        gateways: plan
+            .deliveries
+            .iter()
+            .map(|(node, app)| NodeResult {
+                group: node.group.clone(),
+                app: app.clone(),
+                node: node.address.clone(),
+                state: NodeState::Pending,
+                attempts: 0,
+                latency_ms: None,
+                error: None,
+            })
+            .collect(),
+        error: None,
+        created_at: Utc::now(),
+        registry_updated_at: None,
+        completed_at: None,
+    }
+}
+
+/// One notification per app, shared by every node that hears about that app.
+fn notifications(
+    operation: &Operation,
+    plan: &Plan,
+) -> HashMap<crate::domain::AppName, Arc<Notification>> {
+    let issued_at = operation.registry_updated_at.unwrap_or_else(Utc::now);
+    let mut by_app: HashMap<crate::domain::AppName, Vec<NotifiedInstance>> = HashMap::new();
+    for instance in &plan.instances {
+        by_app
+            .entry(instance.app.clone())
+            .or_default()
+            .push(NotifiedInstance {
+                instance_id: instance.instance_id.clone(),
+                ip: instance.ip,
+                port: instance.port,
+            });
+    }
+    by_app
+        .into_iter()
+        .map(|(app, instances)| {
+            let notification = Notification {
+                operation_id: operation.id.clone(),
+                event: operation.action,
+                app: app.clone(),
+                instances,
+                issued_at,
+            };
+            (app, Arc::new(notification))
+        })
+        .collect()
+}
+
+/// Waits until the operation settles or `timeout` passes.
+async fn wait_for(mut receiver: watch::Receiver<Operation>, timeout: Duration) -> DrainOutcome {
+    let settled = tokio::time::timeout(timeout, receiver.wait_for(|op| op.state.is_terminal()))
+        .await
+        .map(|result| result.map(|operation| operation.clone()));
+    match settled {
+        Ok(Ok(operation)) => DrainOutcome::Settled(operation),
+        // The sender is dropped only after the final state was sent, so a closed channel
+        // holds the settled operation.
+        Ok(Err(_)) => DrainOutcome::Settled(receiver.borrow().clone()),
+        Err(_) => DrainOutcome::TimedOut(receiver.borrow().clone()),
+    }
+}
+
+fn record_settled(metrics: &Metrics, operation: &Operation) {
+    metrics.operations_in_flight.dec();
+    metrics
+        .operations
+        .get_or_create(&OperationLabels {
+            action: operation.action.as_str().into(),
+            state: operation.state.as_str().into(),
+        })
+        .inc();
+    info!(
+        operation = %operation.id,
+        action = operation.action.as_str(),
+        state = operation.state.as_str(),
+        caller = %operation.caller.addr,
+        principal = operation.caller.principal.as_deref().unwrap_or("-"),
+        target = %describe(&operation.target),
+        instances = operation.instances.len(),
+        nodes = operation.gateways.len(),
+        acked = operation.gateways.iter().filter(|n| n.state == NodeState::Acked).count(),
+        reason = operation.reason.as_deref().unwrap_or("-"),
+        "operation settled"
+    );
+}

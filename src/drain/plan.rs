@@ -1,0 +1,101 @@
+//! Step 1: resolve a request into instances, gateway groups and nodes, without changing
+//! anything. A dry run stops here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::domain::{AppName, Instance, InstanceKey, Target};
+use crate::gateway::GatewayNode;
+use crate::gateway::nodes::NodeDirectory;
+use crate::groups::GroupSource;
+use crate::registry::Registry;
+
+use super::DrainError;
+
+/// What an operation will touch.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub instances: Vec<Instance>,
+    /// Each node with the app it hears about; a node in two groups, or routing two apps of
+    /// the same IP, appears once per (group, app).
+    pub deliveries: Vec<(GatewayNode, AppName)>,
+}
+
+/// The instances each target matches. A target that matches nothing in the cache triggers one
+/// refresh (the instance may have registered since the last one) before it counts as missing.
+pub async fn resolve_instances(
+    registry: &dyn Registry,
+    targets: &[Target],
+) -> Result<Vec<Instance>, DrainError> {
+    let mut refreshed = false;
+    let mut found: BTreeMap<InstanceKey, Instance> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for target in targets {
+        let mut matches = matching(registry, target.ip, target).await?;
+        if matches.is_empty() && !refreshed {
+            refreshed = true;
+            // A failed refresh leaves the cache as it was; the answer is then "not found"
+            // from the last good copy, which is what a caller can act on.
+            let _ = registry.refresh().await;
+            matches = matching(registry, target.ip, target).await?;
+        }
+        if matches.is_empty() {
+            missing.push(describe(target));
+        }
+        for instance in matches {
+            found.insert(instance.key(), instance);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(DrainError::NoMatch(missing.join(", ")));
+    }
+    Ok(found.into_values().collect())
+}
+
+async fn matching(
+    registry: &dyn Registry,
+    ip: IpAddr,
+    target: &Target,
+) -> Result<Vec<Instance>, DrainError> {
+    Ok(registry
+        .instances_on(ip)
+        .await
+        .map_err(DrainError::registry_unavailable)?
+        .into_iter()
+        .filter(|instance| target.matches(instance))
+        .collect())
+}
+
+/// `10.0.0.5`, `10.0.0.5 port 8080`, `10.0.0.5 app ORDER-SERVICE`.
+pub fn describe(target: &Target) -> String {
+    let mut text = target.ip.to_string();
+    if let Some(port) = target.port {
+        text.push_str(&format!(" port {port}"));
+    }
+    if let Some(app) = &target.app {
+        text.push_str(&format!(" app {app}"));
+    }
+    text
+}
+
+/// The gateway nodes that must hear about these instances.
+pub async fn resolve_deliveries(
+    groups: &dyn GroupSource,
+    nodes: &NodeDirectory,
+    instances: &[Instance],
+) -> Result<Vec<(GatewayNode, AppName)>, DrainError> {
+    let apps: BTreeSet<&AppName> = instances.iter().map(|i| &i.app).collect();
+    let mut deliveries = BTreeSet::new();
+    for app in apps {
+        for group in groups.groups_for(app).await.map_err(DrainError::Groups)? {
+            for node in nodes
+                .nodes_of(&group)
+                .await
+                .map_err(DrainError::registry_unavailable)?
+            {
+                deliveries.insert((node, app.clone()));
+            }
+        }
+    }
+    Ok(deliveries.into_iter().collect())
+}

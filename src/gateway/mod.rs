@@ -1,0 +1,64 @@
+//! Gateways: who must hear that an instance goes out or comes back, and telling them.
+//!
+//! [`nodes::NodeDirectory`] turns a gateway group into its nodes; [`Notifier`] tells one node
+//! (one module per kind: [`webhook`]); [`fanout::FanOut`] tells all of them at once, bounded.
+
+pub mod fanout;
+pub mod nodes;
+pub mod webhook;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::operation::millis;
+use crate::domain::{Action, AppName, OperationId};
+
+/// One node of a gateway group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GatewayNode {
+    pub group: AppName,
+    /// `host:port` (IPv6 in brackets).
+    pub address: String,
+}
+
+/// What a node is told: the contract's notification body (`shared/spec/api.md` §3).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub operation_id: OperationId,
+    pub event: Action,
+    pub app: AppName,
+    pub instances: Vec<NotifiedInstance>,
+    #[serde(with = "millis")]
+    pub issued_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifiedInstance {
+    pub instance_id: String,
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// A node's final answer, after every retry.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub acked: bool,
+    pub attempts: u32,
+    /// From the first attempt to the final answer.
+    pub elapsed: Duration,
+    /// The last error, when not acknowledged.
+    pub error: Option<String>,
+}
+
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Tells one node, retrying as the kind's protocol says. Never fails: a node that never
+    /// acknowledged is a `Delivery` with `acked: false` and the reason.
+    async fn notify(&self, node: &GatewayNode, notification: &Notification) -> Delivery;
+}

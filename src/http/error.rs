@@ -1,0 +1,218 @@
+//! The one place HTTP status codes are chosen: [`ApiError`] for failures, [`outcome_response`]
+//! for operations. Every error body is `{"error":{"code","message"}}`; a 500 is logged with
+//! the request's span and shows nothing of its cause.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::{Operation, OperationState};
+use crate::drain::{DrainError, DrainOutcome};
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("too many operations in flight; try again in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
+    /// The registry refused the change (the operation failed; nothing was notified).
+    #[error("{message}")]
+    RegistryRefused {
+        message: String,
+        operation: Option<Box<Operation>>,
+    },
+    /// The registry or the store cannot be reached, or synchspeed is stopping.
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        operation: Option<Box<Operation>>,
+    },
+    /// Something broke inside; the cause goes to the log, never to the caller.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    /// The failed operation, when one was recorded (registry failures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Box<Operation>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: what scripts branch on.
+    #[schema(example = "instance_not_found")]
+    pub code: String,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_operations")
+            }
+            ApiError::RegistryRefused { .. } => (StatusCode::BAD_GATEWAY, "registry_refused"),
+            ApiError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!("internal error: {cause}");
+                "synchspeed failed to handle the request; the log has the details under this request id".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        let unauthorized = matches!(self, ApiError::Unauthorized(_));
+        let operation = match self {
+            ApiError::RegistryRefused { operation, .. }
+            | ApiError::Unavailable { operation, .. } => operation,
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+            },
+            operation,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        ApiError::Unavailable {
+            code: "registry_unavailable",
+            message: format!("{error}; nothing was changed"),
+            operation: None,
+        }
+    }
+}
+
+impl From<DrainError> for ApiError {
+    fn from(error: DrainError) -> Self {
+        match error {
+            DrainError::NoMatch(what) => ApiError::NotFound {
+                code: "instance_not_found",
+                message: format!("no registered instance matches {what}"),
+            },
+            DrainError::Busy => ApiError::TooManyRequests { retry_after: 1 },
+            DrainError::ShuttingDown => ApiError::Unavailable {
+                code: "shutting_down",
+                message:
+                    "synchspeed is shutting down; send the request to another replica or retry"
+                        .into(),
+                operation: None,
+            },
+            DrainError::RegistryUnavailable { message, operation } => ApiError::Unavailable {
+                code: "registry_unavailable",
+                message: format!(
+                    "the registry cannot be reached: {message}; nothing was changed and no gateway was told"
+                ),
+                operation,
+            },
+            DrainError::RegistryRefused { message, operation } => ApiError::RegistryRefused {
+                message: format!("the registry refused the change: {message}; no gateway was told"),
+                operation: Some(operation),
+            },
+            DrainError::Groups(e) => ApiError::Unavailable {
+                code: "groups_unavailable",
+                message: format!("{e}; nothing was changed"),
+                operation: None,
+            },
+            DrainError::Store(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The response to an offline, online or batch call that got as far as an operation.
+pub fn outcome_response(outcome: DrainOutcome) -> Response {
+    match outcome {
+        DrainOutcome::Planned(operation) => (StatusCode::OK, Json(operation)).into_response(),
+        DrainOutcome::Accepted(operation) => {
+            let location = format!("/api/v1/operations/{}", operation.id);
+            let mut response = (StatusCode::ACCEPTED, Json(operation)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+        DrainOutcome::Settled(operation) => {
+            let status = match operation.state {
+                OperationState::Succeeded => StatusCode::OK,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (status, Json(operation)).into_response()
+        }
+        DrainOutcome::TimedOut(operation) => {
+            (StatusCode::GATEWAY_TIMEOUT, Json(operation)).into_response()
+        }
+    }
+}
+
+/// A plain 200 with a JSON body (reads).
+pub fn ok<T: Serialize>(body: T) -> Response {
+    (StatusCode::OK, Json(body)).into_response()
+}

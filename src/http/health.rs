@@ -1,0 +1,57 @@
+//! Probes and metrics: open to every caller (load balancers and scrapers do not carry tokens).
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::error::{ApiError, ok};
+
+/// Liveness: 200 while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Serving")))]
+pub async fn healthz() -> Response {
+    ok(json!({"status": "ok"}))
+}
+
+/// Readiness: the registry answered recently and the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Registry or store not answering")))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let orchestrator = &state.orchestrator;
+    orchestrator
+        .registry()
+        .readiness()
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            code: "registry_unavailable",
+            message: format!("{} registry: {e}", orchestrator.registry().kind()),
+            operation: None,
+        })?;
+    orchestrator
+        .store()
+        .ping()
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            code: "store_unavailable",
+            message: format!("store: {e}"),
+            operation: None,
+        })?;
+    Ok(ok(
+        json!({"status": "ready", "registry": orchestrator.registry().kind()}),
+    ))
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

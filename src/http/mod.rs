@@ -1,0 +1,80 @@
+//! The HTTP API (`shared/spec/api.md` §2): router, one module per resource, the caller check,
+//! the one error type, the OpenAPI document. Knows the orchestrator and the domain, never a
+//! backend.
+
+mod auth;
+pub mod error;
+mod health;
+mod instances;
+mod observe;
+mod offline;
+pub mod openapi;
+mod operations;
+mod options;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Router, middleware};
+
+use crate::config::SecuritySettings;
+use crate::drain::Orchestrator;
+use crate::telemetry::Metrics;
+use error::ApiError;
+
+/// What every handler can reach: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub orchestrator: Arc<Orchestrator>,
+    pub security: Arc<SecuritySettings>,
+    pub metrics: Arc<Metrics>,
+    pub body_limit: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    // Everything under /api/v1 but the OpenAPI document is for allowed callers only.
+    let api = Router::new()
+        .route(
+            "/api/v1/instances/{ip}/offline",
+            post(instances::post_offline),
+        )
+        .route(
+            "/api/v1/instances/{ip}/online",
+            post(instances::post_online),
+        )
+        .route("/api/v1/instances/{ip}", get(instances::get_instance))
+        .route(
+            "/api/v1/operations",
+            post(operations::post_batch).get(operations::list_operations),
+        )
+        .route("/api/v1/operations/{id}", get(operations::get_operation))
+        .route("/api/v1/offline", get(offline::list_offline))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async {
+            ApiError::NotFound {
+                code: "route_not_found",
+                message: "no such route; see /api/v1/openapi.json".into(),
+            }
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed(
+                "method not allowed on this route; see /api/v1/openapi.json".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,57 @@
+//! Every request: a request id (the caller's when it is sane, else a new one) on the response
+//! and on every log line of the request, and a count by route template and status.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::AppState;
+use crate::telemetry::RequestLabels;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A caller-supplied id is kept only if it is short and plain, so a hostile header cannot
+/// flood or forge log lines.
+fn acceptable(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|value| acceptable(value))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&ulid::Ulid::new().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        });
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span =
+        tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"), %method, %route);
+    let mut response = next.run(request).instrument(span).await;
+    response.headers_mut().insert(REQUEST_ID, id);
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}

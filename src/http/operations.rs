@@ -1,0 +1,195 @@
+//! `/api/v1/operations`: the audit trail, and batches.
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody, ok, outcome_response};
+use super::options::{self, json_body};
+use crate::domain::ip::parse_ip;
+use crate::domain::operation::OperationId;
+use crate::domain::{Action, AppName, Caller, Operation, OperationState, Target};
+use crate::drain::DrainRequest;
+use crate::store::OperationFilter;
+
+/// Default and largest page of the list.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+/// Largest batch: enough for a whole fleet, small enough to plan in one go.
+pub const MAX_TARGETS: usize = 5000;
+
+/// One operation with its per-instance and per-node results.
+#[utoipa::path(
+    get,
+    path = "/api/v1/operations/{id}",
+    tag = "operations",
+    params(("id" = String, Path, description = "op_ followed by a ULID")),
+    responses((status = 200, body = Operation), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody))
+)]
+pub async fn get_operation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: OperationId =
+        id.parse()
+            .map_err(|e: crate::domain::operation::InvalidOperationId| {
+                ApiError::bad_request("invalid_id", e.to_string())
+            })?;
+    match state.orchestrator.operation(&id).await? {
+        Some(operation) => Ok(ok(operation)),
+        None => Err(ApiError::NotFound {
+            code: "operation_not_found",
+            message: format!("there is no operation {id}"),
+        }),
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Operations whose target or any instance is on this IP.
+    pub ip: Option<String>,
+    /// Operations that touched this app.
+    pub app: Option<String>,
+    /// planned, in_progress, succeeded, partial or failed.
+    pub state: Option<String>,
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationList {
+    pub operations: Vec<Operation>,
+}
+
+/// Recent operations, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/operations",
+    tag = "operations",
+    params(ListQuery),
+    responses((status = 200, body = OperationList), (status = 400, body = ErrorBody))
+)]
+pub async fn list_operations(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request("invalid_option", format!("query string: {e}")))?;
+    let filter = OperationFilter {
+        ip: query
+            .ip
+            .map(|ip| parse_ip(&ip).map_err(|e| ApiError::bad_request("invalid_ip", e.to_string())))
+            .transpose()?,
+        app: options::app_filter(query.app)?,
+        state: query
+            .state
+            .map(|s| {
+                s.parse::<OperationState>()
+                    .map_err(|e| ApiError::bad_request("invalid_option", e))
+            })
+            .transpose()?,
+        limit: match query.limit {
+            None => DEFAULT_LIMIT,
+            Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
+            Some(limit) => {
+                return Err(ApiError::bad_request(
+                    "invalid_option",
+                    format!("limit {limit} is not between 1 and {MAX_LIMIT}"),
+                ));
+            }
+        },
+    };
+    let operations = state.orchestrator.store().operations(&filter).await?;
+    Ok(ok(OperationList { operations }))
+}
+
+/// A batch: several targets in one operation (one registry step, one fan-out in which each
+/// node hears once per app).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub action: Action,
+    pub targets: Vec<BatchTarget>,
+    pub reason: Option<String>,
+    pub wait: Option<bool>,
+    pub timeout: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchTarget {
+    #[schema(example = "10.0.0.5")]
+    pub ip: String,
+    pub port: Option<u16>,
+    pub app: Option<String>,
+}
+
+/// Take out or bring back several targets in one operation.
+#[utoipa::path(
+    post,
+    path = "/api/v1/operations",
+    tag = "operations",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, body = Operation), (status = 202, body = Operation),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 502, body = Operation), (status = 503, body = ErrorBody), (status = 504, body = Operation),
+    )
+)]
+pub async fn post_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let batch: BatchRequest = json_body(body, state.body_limit)?
+        .ok_or_else(|| ApiError::bad_request("invalid_json", "a batch needs a JSON body"))?;
+    if batch.targets.is_empty() || batch.targets.len() > MAX_TARGETS {
+        return Err(ApiError::bad_request(
+            "invalid_option",
+            format!("targets must list between 1 and {MAX_TARGETS} instances"),
+        ));
+    }
+    let targets = batch
+        .targets
+        .into_iter()
+        .enumerate()
+        .map(|(i, target)| {
+            Ok(Target {
+                ip: parse_ip(&target.ip).map_err(|e| {
+                    ApiError::bad_request("invalid_ip", format!("targets[{i}]: {e}"))
+                })?,
+                port: target.port,
+                app: target
+                    .app
+                    .map(|app| {
+                        AppName::parse(&app).map_err(|e| {
+                            ApiError::bad_request(
+                                "invalid_option",
+                                format!("targets[{i}].app: {e}"),
+                            )
+                        })
+                    })
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let orchestrator = &state.orchestrator;
+    let request = DrainRequest {
+        action: batch.action,
+        targets,
+        reason: options::reason(batch.reason)?,
+        caller,
+        dry_run: batch.dry_run.unwrap_or(false),
+        wait: options::wait(batch.wait, batch.timeout, orchestrator.settings())?,
+    };
+    Ok(outcome_response(orchestrator.execute(request).await?))
+}

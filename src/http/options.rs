@@ -1,0 +1,135 @@
+//! The options of the instance calls, from the query string and the JSON body (body wins),
+//! parsed into types at the edge.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::ApiError;
+use crate::config::DrainSettings;
+use crate::domain::AppName;
+
+/// Longest `reason` kept in the audit trail.
+pub const MAX_REASON: usize = 1024;
+
+/// Options of `POST /api/v1/instances/{ip}/offline` and `/online`.
+#[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InstanceOptions {
+    /// Only the instance on this port.
+    pub port: Option<u16>,
+    /// Only instances of this app.
+    pub app: Option<String>,
+    /// Free text for the audit trail.
+    pub reason: Option<String>,
+    /// Hold the response until every gateway node acknowledged, or `timeout` elapsed.
+    pub wait: Option<bool>,
+    /// With `wait`: a duration such as `10s` (default 30s, capped by config).
+    pub timeout: Option<String>,
+    /// Resolve and return the plan, change nothing.
+    pub dry_run: Option<bool>,
+}
+
+impl InstanceOptions {
+    /// Fields set in `body` replace those from the query.
+    fn overlay(self, body: InstanceOptions) -> InstanceOptions {
+        InstanceOptions {
+            port: body.port.or(self.port),
+            app: body.app.or(self.app),
+            reason: body.reason.or(self.reason),
+            wait: body.wait.or(self.wait),
+            timeout: body.timeout.or(self.timeout),
+            dry_run: body.dry_run.or(self.dry_run),
+        }
+    }
+}
+
+/// The query string and the body together.
+pub fn instance_options(
+    query: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<InstanceOptions, ApiError> {
+    let from_query = match query.filter(|q| !q.is_empty()) {
+        Some(query) => serde_urlencoded::from_str::<InstanceOptions>(query)
+            .map_err(|e| ApiError::bad_request("invalid_option", format!("query string: {e}")))?,
+        None => InstanceOptions::default(),
+    };
+    let from_body = json_body::<InstanceOptions>(body, limit)?.unwrap_or_default();
+    Ok(from_query.overlay(from_body))
+}
+
+/// A JSON body, or `None` when there is none. Size and syntax errors are the caller's.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Option<T>, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::bad_request("invalid_body", rejection.body_text())
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
+}
+
+pub fn reason(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    match raw {
+        Some(reason) if reason.chars().count() > MAX_REASON => Err(ApiError::bad_request(
+            "invalid_option",
+            format!("reason is longer than {MAX_REASON} characters"),
+        )),
+        Some(reason) if reason.trim().is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+pub fn app_filter(raw: Option<String>) -> Result<Option<AppName>, ApiError> {
+    raw.map(|app| {
+        AppName::parse(&app)
+            .map_err(|e| ApiError::bad_request("invalid_option", format!("app: {e}")))
+    })
+    .transpose()
+}
+
+/// `Some(timeout)` when the caller waits. A timeout above the configured maximum is capped.
+pub fn wait(
+    wait: Option<bool>,
+    timeout: Option<String>,
+    drain: &DrainSettings,
+) -> Result<Option<Duration>, ApiError> {
+    let timeout = timeout
+        .map(|raw| {
+            humantime::parse_duration(raw.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_duration",
+                        format!(
+                            "timeout '{}' is not a duration such as 10s or 500ms",
+                            raw.chars().take(40).collect::<String>()
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    if !wait.unwrap_or(false) {
+        return Ok(None);
+    }
+    Ok(Some(
+        timeout
+            .unwrap_or(drain.wait_timeout)
+            .min(drain.wait_timeout_max),
+    ))
+}

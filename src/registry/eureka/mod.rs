@@ -1,0 +1,385 @@
+//! The Eureka backend: a local copy of the registry kept fresh with deltas, and status writes
+//! to every peer (`shared/protocols/registries.md` §1).
+
+mod client;
+pub mod model;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use client::{EurekaClient, Peer, PeerError, error_chain};
+use model::{Applications, reconcile_hash};
+
+use super::cache::InstanceCache;
+use super::{Registry, RegistryError, StatusChange};
+use crate::config::EurekaSettings;
+use crate::domain::{AppName, Instance, InstanceKey, PeerOutcome, PeerResult, Status};
+use crate::telemetry::Metrics;
+
+/// Bookkeeping for the delta protocol. `statuses` holds every instance in the registry,
+/// including those the IP index cannot hold (no usable address): `apps__hashcode` counts them
+/// all, and a copy that left them out would mismatch on every delta and refetch forever.
+#[derive(Debug, Default)]
+struct Mirror {
+    statuses: HashMap<InstanceKey, Status>,
+    /// The result of the last refresh: `None` after a success, the reason after a failure.
+    last_error: Option<String>,
+    last_success: Option<Instant>,
+}
+
+pub struct EurekaRegistry {
+    client: EurekaClient,
+    cache: InstanceCache,
+    mirror: Mutex<Mirror>,
+    /// Serialises refreshes: deltas must be applied one at a time, in order.
+    refreshing: tokio::sync::Mutex<()>,
+    refresh_every: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl EurekaRegistry {
+    pub fn new(settings: &EurekaSettings, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client: EurekaClient::new(http, &settings.urls, settings.timeout),
+            cache: InstanceCache::default(),
+            mirror: Mutex::default(),
+            refreshing: tokio::sync::Mutex::new(()),
+            refresh_every: settings.refresh,
+            metrics,
+        }
+    }
+
+    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+        self.mirror
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn peer_errors(&self, call: &str, errors: Vec<PeerError>) -> RegistryError {
+        self.metrics.registry_error("eureka", call);
+        let text = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if errors
+            .iter()
+            .all(|e| matches!(e, PeerError::Malformed { .. }))
+            && !errors.is_empty()
+        {
+            RegistryError::Malformed(text)
+        } else {
+            RegistryError::Unreachable(text)
+        }
+    }
+
+    /// Full fetch: the whole registry replaces the cache.
+    async fn fetch_full(&self) -> Result<(), RegistryError> {
+        let envelope = self
+            .client
+            .get_applications(false)
+            .await
+            .map_err(|errors| self.peer_errors("get_apps", errors))?;
+        let (instances, statuses) = index(&envelope.applications);
+        let count = instances.len();
+        self.cache.replace_all(instances);
+        self.mirror().statuses = statuses;
+        debug!(instances = count, "eureka: full registry fetched");
+        Ok(())
+    }
+
+    /// Delta fetch, applied idempotently (the same change shows up in several deltas), then
+    /// the hash check: on a mismatch the copy has drifted and a full fetch replaces it, as
+    /// `DiscoveryClient.getAndUpdateDelta` does.
+    async fn fetch_delta(&self) -> Result<(), RegistryError> {
+        let envelope = match self.client.get_applications(true).await {
+            Ok(envelope) => envelope,
+            Err(errors) => {
+                // Delta disabled (403) or a broken delta: a full fetch still keeps us current.
+                debug!(errors = ?errors, "eureka: delta failed, fetching the full registry");
+                return self.fetch_full().await;
+            }
+        };
+        let delta = envelope.applications;
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        let hash = {
+            let mut mirror = self.mirror();
+            for app in &delta.application {
+                for info in &app.instance {
+                    let Some(key) = info.key(&app.name) else {
+                        warn!(app = %app.name, "eureka: delta entry without an id or app skipped");
+                        continue;
+                    };
+                    if info.action_type.as_deref() == Some("DELETED") {
+                        mirror.statuses.remove(&key);
+                        removals.push(key);
+                        continue;
+                    }
+                    mirror.statuses.insert(key.clone(), info.status());
+                    match info.to_instance(&app.name) {
+                        Ok(instance) => upserts.push(instance),
+                        Err(why) => {
+                            // It may have been indexable before; it is not any more.
+                            removals.push(key.clone());
+                            warn!(app = %key.app, id = %key.instance_id, "eureka: instance not indexed: {why}");
+                        }
+                    }
+                }
+            }
+            reconcile_hash(mirror.statuses.values())
+        };
+        self.cache.apply(upserts, removals);
+        match delta.apps_hashcode.as_deref() {
+            Some(expected) if expected != hash => {
+                debug!(expected, local = %hash, "eureka: hash mismatch after delta, full fetch");
+                self.fetch_full().await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn refresh_now(&self) -> Result<(), RegistryError> {
+        let result = if self.cache.is_loaded() {
+            self.fetch_delta().await
+        } else {
+            self.fetch_full().await
+        };
+        let mut mirror = self.mirror();
+        match &result {
+            Ok(()) => {
+                mirror.last_error = None;
+                mirror.last_success = Some(Instant::now());
+            }
+            Err(e) => mirror.last_error = Some(e.to_string()),
+        }
+        result
+    }
+
+    /// One peer's write and its verification.
+    async fn write_peer(&self, peer: &Peer, instance: &Instance, status: Status) -> PeerResult {
+        let app = instance.app.as_str();
+        let id = instance.instance_id.as_str();
+        let mut result = PeerResult {
+            peer: peer.display().to_owned(),
+            outcome: PeerOutcome::Accepted,
+            verified_status: None,
+            error: None,
+        };
+        if let Err(error) = self.client.write_status(peer, app, id, status).await {
+            self.metrics.registry_error("eureka", "write_status");
+            result.outcome = error.write_outcome();
+            result.error = Some(error.to_string());
+            return result;
+        }
+        match self.client.get_instance(peer, app, id).await {
+            Ok(info) => {
+                let verified = info.status();
+                result.verified_status = Some(verified);
+                if verified != status {
+                    // Accepted but not showing: an instance that reports DOWN or STARTING
+                    // keeps that status (DownOrStartingRule), and a DELETE without an override
+                    // to remove is a no-op. The write still stands; say what the peer shows.
+                    result.error = Some(format!(
+                        "accepted, but the peer shows {verified} (the instance's own status wins until it changes)"
+                    ));
+                }
+            }
+            Err(error) => {
+                self.metrics.registry_error("eureka", "verify");
+                result.error = Some(format!("accepted, not verified: {error}"));
+            }
+        }
+        result
+    }
+}
+
+/// Every instance of a full registry: the indexable ones and the status of all of them.
+fn index(apps: &Applications) -> (Vec<Instance>, HashMap<InstanceKey, Status>) {
+    let mut instances = Vec::new();
+    let mut statuses = HashMap::new();
+    for app in &apps.application {
+        for info in &app.instance {
+            let Some(key) = info.key(&app.name) else {
+                warn!(app = %app.name, "eureka: instance without an id or app skipped");
+                continue;
+            };
+            statuses.insert(key, info.status());
+            match info.to_instance(&app.name) {
+                Ok(instance) => instances.push(instance),
+                Err(why) => {
+                    warn!(app = %app.name, id = ?info.id(), "eureka: instance not indexed: {why}")
+                }
+            }
+        }
+    }
+    (instances, statuses)
+}
+
+/// The overall result of a write from every peer's answer: made when one peer accepted it.
+fn aggregate(peers: Vec<PeerResult>) -> Result<StatusChange, RegistryError> {
+    if peers.iter().any(|p| p.outcome == PeerOutcome::Accepted) {
+        return Ok(StatusChange { peers });
+    }
+    let text = peers
+        .iter()
+        .filter_map(|p| p.error.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if peers.iter().all(|p| p.outcome == PeerOutcome::NotFound) {
+        Err(RegistryError::NotFound)
+    } else if peers.iter().any(|p| p.outcome == PeerOutcome::Refused) {
+        Err(RegistryError::Refused(text))
+    } else {
+        Err(RegistryError::Unreachable(text))
+    }
+}
+
+#[async_trait]
+impl Registry for EurekaRegistry {
+    fn kind(&self) -> &'static str {
+        "eureka"
+    }
+
+    async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError> {
+        if !self.cache.is_loaded() {
+            return Err(RegistryError::NotReady(
+                self.mirror()
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "the first fetch has not finished".into()),
+            ));
+        }
+        Ok(self.cache.on_ip(ip))
+    }
+
+    async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError> {
+        Ok(self.cache.of_app(app))
+    }
+
+    async fn set_status(
+        &self,
+        instance: &Instance,
+        status: Status,
+    ) -> Result<StatusChange, RegistryError> {
+        let peers = join_all(
+            self.client
+                .peers
+                .iter()
+                .map(|peer| self.write_peer(peer, instance, status)),
+        )
+        .await;
+        let change = aggregate(peers)?;
+        self.cache.set_status(&instance.key(), status);
+        self.mirror().statuses.insert(instance.key(), status);
+        Ok(change)
+    }
+
+    async fn refresh(&self) -> Result<(), RegistryError> {
+        // Single flight: a caller that finds a refresh under way waits for it and uses its
+        // result rather than starting another.
+        if let Ok(_guard) = self.refreshing.try_lock() {
+            return self.refresh_now().await;
+        }
+        let _wait = self.refreshing.lock().await;
+        match self.mirror().last_error.clone() {
+            None => Ok(()),
+            Some(error) => Err(RegistryError::Unreachable(error)),
+        }
+    }
+
+    async fn readiness(&self) -> Result<(), RegistryError> {
+        let mirror = self.mirror();
+        match (&mirror.last_error, self.cache.is_loaded()) {
+            (None, true) => Ok(()),
+            (Some(error), _) => Err(RegistryError::Unreachable(error.clone())),
+            (None, false) => Err(RegistryError::NotReady(
+                "the first fetch has not finished".into(),
+            )),
+        }
+    }
+
+    async fn run(&self, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.refresh_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.refresh().await {
+                Ok(()) if failing => {
+                    failing = false;
+                    info!(
+                        instances = self.cache.len(),
+                        "eureka: registry reachable again"
+                    );
+                }
+                Ok(()) => {}
+                // Logged once per outage, not on every tick.
+                Err(error) if !failing => {
+                    failing = true;
+                    warn!("eureka: refresh failed, serving the last copy: {error}");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(outcome: PeerOutcome) -> PeerResult {
+        PeerResult {
+            peer: "http://p/".into(),
+            outcome,
+            verified_status: None,
+            error: Some(format!("{outcome:?}")),
+        }
+    }
+
+    #[test]
+    fn one_accepting_peer_makes_the_change() {
+        let change = aggregate(vec![
+            peer(PeerOutcome::Unreachable),
+            peer(PeerOutcome::Accepted),
+        ])
+        .unwrap();
+        assert_eq!(change.peers.len(), 2);
+    }
+
+    #[test]
+    fn failures_are_classified_for_the_caller() {
+        assert!(matches!(
+            aggregate(vec![
+                peer(PeerOutcome::NotFound),
+                peer(PeerOutcome::NotFound)
+            ]),
+            Err(RegistryError::NotFound)
+        ));
+        assert!(matches!(
+            aggregate(vec![
+                peer(PeerOutcome::Unreachable),
+                peer(PeerOutcome::Refused)
+            ]),
+            Err(RegistryError::Refused(_))
+        ));
+        assert!(matches!(
+            aggregate(vec![
+                peer(PeerOutcome::Unreachable),
+                peer(PeerOutcome::NotFound)
+            ]),
+            Err(RegistryError::Unreachable(_))
+        ));
+    }
+}

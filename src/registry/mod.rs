@@ -1,0 +1,70 @@
+//! Registries: where instances are listed and where their status is written.
+//!
+//! [`Registry`] is what the orchestrator knows; one module per backend implements it. Lookups
+//! are served from a local [`cache::InstanceCache`] with an IP index (a registry's own list
+//! endpoints are cached and slow to scan); writes go to every authority and are verified with
+//! an uncached read where the registry has one.
+
+pub mod cache;
+pub mod eureka;
+pub mod file;
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{AppName, Instance, PeerResult, Status};
+
+/// Why a registry call failed. `Unreachable` means nothing answered: the change was not made
+/// anywhere, and it is worth trying again later.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("the registry cannot be reached: {0}")]
+    Unreachable(String),
+    #[error("the registry refused the change: {0}")]
+    Refused(String),
+    #[error("the registry does not know the instance")]
+    NotFound,
+    #[error("the registry answered something that does not parse: {0}")]
+    Malformed(String),
+    #[error("the registry cache is not loaded yet: {0}")]
+    NotReady(String),
+}
+
+/// The result of writing a status: every authority's answer, with at least one acceptance.
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    pub peers: Vec<PeerResult>,
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// `eureka`, `file`: for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// The instances registered on `ip`, from the local cache. Errors only when the cache was
+    /// never loaded (nothing is known yet).
+    async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError>;
+
+    /// The instances of one app (a gateway group's nodes), every status.
+    async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError>;
+
+    /// Writes `status` (OUT_OF_SERVICE or UP) for `instance` to every authority and verifies
+    /// it. Ok when at least one authority accepted; the answers of the others are in the
+    /// result. Never deregisters.
+    async fn set_status(
+        &self,
+        instance: &Instance,
+        status: Status,
+    ) -> Result<StatusChange, RegistryError>;
+
+    /// Brings the cache up to date now (a caller asked about an IP the cache does not know).
+    async fn refresh(&self) -> Result<(), RegistryError>;
+
+    /// Ok when the registry answered recently enough to be trusted.
+    async fn readiness(&self) -> Result<(), RegistryError>;
+
+    /// Keeps the cache fresh until `shutdown` is cancelled.
+    async fn run(&self, shutdown: CancellationToken);
+}

@@ -1,0 +1,201 @@
+//! The only place that names concrete backends: builds them from settings, binds, serves, and
+//! shuts down in a bounded, ordered way. Tests start the very same [`Application`] on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{RegistrySettings, Settings};
+use crate::drain::{Orchestrator, Parts};
+use crate::gateway::fanout::FanOut;
+use crate::gateway::nodes::NodeDirectory;
+use crate::gateway::webhook::WebhookNotifier;
+use crate::groups::StaticGroups;
+use crate::http::{AppState, router};
+use crate::registry::Registry;
+use crate::registry::eureka::EurekaRegistry;
+use crate::registry::file::FileRegistry;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::telemetry::Metrics;
+
+pub struct Application {
+    local_addr: SocketAddr,
+    server: JoinHandle<std::io::Result<()>>,
+    /// Cancelled to stop: the listener stops accepting and background loops return.
+    shutdown: CancellationToken,
+    background: TaskTracker,
+    orchestrator: Arc<Orchestrator>,
+    store: SqliteStore,
+    grace: Duration,
+}
+
+/// The one outbound HTTP client: keep-alive pools shared by registry calls and notifications.
+/// Redirects are not followed: Eureka's 307 means "try another peer", and a gateway that
+/// redirects a notification has not acknowledged it.
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .user_agent(concat!("synchspeed/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let http = http_client()?;
+        let sqlite = SqliteStore::connect(&settings.store.url)
+            .await
+            .with_context(|| format!("opening the store {}", settings.store.url))?;
+        let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+        let registry: Arc<dyn Registry> = match &settings.registry {
+            RegistrySettings::Eureka(eureka) => Arc::new(EurekaRegistry::new(
+                eureka,
+                http.clone(),
+                Arc::clone(&metrics),
+            )),
+            RegistrySettings::File(file) => Arc::new(
+                FileRegistry::open(file, Arc::clone(&store))
+                    .await
+                    .context("loading the file registry")?,
+            ),
+        };
+        let notifier = Arc::new(WebhookNotifier::new(&settings.gateway, http.clone()));
+        let orchestrator = Arc::new(Orchestrator::new(Parts {
+            registry: Arc::clone(&registry),
+            groups: Arc::new(StaticGroups::new(settings.groups.routes.clone())),
+            nodes: NodeDirectory::new(
+                settings.gateway.nodes.clone(),
+                Arc::clone(&registry),
+                settings.gateway.port_metadata_key.clone(),
+            ),
+            fanout: FanOut::new(notifier, settings.gateway.concurrency),
+            store: Arc::clone(&store),
+            metrics: Arc::clone(&metrics),
+            settings: settings.drain.clone(),
+        }));
+        let recovered = orchestrator
+            .recover_unfinished()
+            .await
+            .context("closing operations left unfinished")?;
+        if recovered > 0 {
+            warn!(
+                recovered,
+                "closed operations a previous run left in progress"
+            );
+        }
+
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.server.listen))?;
+        let local_addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let background = TaskTracker::new();
+        background.spawn({
+            let registry = Arc::clone(&registry);
+            let token = shutdown.clone();
+            async move { registry.run(token).await }
+        });
+        let app = router(AppState {
+            orchestrator: Arc::clone(&orchestrator),
+            security: Arc::new(settings.security.clone()),
+            metrics,
+            body_limit: settings.server.body_limit,
+        });
+        let server = tokio::spawn(
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+        );
+        info!(
+            listen = %local_addr,
+            registry = registry.kind(),
+            store = %settings.store.url,
+            "synchspeed serving"
+        );
+        Ok(Self {
+            local_addr,
+            server,
+            shutdown,
+            background,
+            orchestrator,
+            store: sqlite,
+            grace: settings.server.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then stops.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        wait_for_signal().await;
+        info!("stop signal received");
+        self.stop().await
+    }
+
+    /// Stops accepting, lets in-flight requests and fan-outs finish within the grace period,
+    /// stops the background loops, closes the store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let (drained, served) = tokio::join!(
+            self.orchestrator.shutdown(self.grace),
+            tokio::time::timeout_at(deadline, self.server)
+        );
+        if !drained {
+            warn!(
+                "stopping with fan-outs unfinished; they are closed as interrupted on the next start"
+            );
+        }
+        match served {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!("the server stopped with an error: {e}"),
+            Ok(Err(e)) => warn!("the server task failed: {e}"),
+            Err(_) => warn!("requests still open after the grace period were cut"),
+        }
+        self.background.close();
+        self.background.wait().await;
+        self.store.close().await;
+        info!("synchspeed stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,62 @@
+//! Durable state: the operations journal (the audit trail) and the desired state (holds).
+//!
+//! [`Store`] is what the rest of the service knows; SQLite is the embedded default. The trait
+//! keeps the SQL out of the orchestrator so a PostgreSQL store can serve several replicas.
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+
+use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, OperationState, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store failed: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the store's schema could not be migrated: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a stored record does not parse: {0}")]
+    Corrupt(String),
+}
+
+/// Which operations to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct OperationFilter {
+    /// Target IP or any instance's IP.
+    pub ip: Option<IpAddr>,
+    /// Target app or any instance's app.
+    pub app: Option<AppName>,
+    pub state: Option<OperationState>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts or replaces an operation (the whole record, with its instances).
+    async fn save_operation(&self, operation: &Operation) -> Result<(), StoreError>;
+
+    async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+
+    async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError>;
+
+    /// Operations still `in_progress` (left by a process that stopped mid-way).
+    async fn unfinished_operations(&self) -> Result<Vec<Operation>, StoreError>;
+
+    /// Records holds (replacing any on the same instances).
+    async fn put_holds(&self, holds: &[Hold]) -> Result<(), StoreError>;
+
+    /// Ends the holds on these instances.
+    async fn release_holds(&self, keys: &[InstanceKey]) -> Result<(), StoreError>;
+
+    async fn holds(&self) -> Result<Vec<Hold>, StoreError>;
+
+    /// Statuses of the `file` registry kind.
+    async fn file_statuses(&self) -> Result<HashMap<InstanceKey, Status>, StoreError>;
+
+    async fn set_file_status(&self, key: &InstanceKey, status: Status) -> Result<(), StoreError>;
+}

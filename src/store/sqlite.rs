@@ -1,0 +1,253 @@
+//! The SQLite store: one file, WAL journal, migrations embedded in the binary.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{OperationFilter, Store, StoreError};
+use crate::domain::operation::millis;
+use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, OperationState, Status};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its folder when missing) and migrates.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            // WAL + NORMAL: a commit survives a process crash; only an OS crash can lose the
+            // last transactions, which the journal's at-least-once design tolerates.
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(parent) = options
+            .get_filename()
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Database(sqlx::Error::Configuration(
+                    format!("cannot create {}: {e}", parent.display()).into(),
+                ))
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn decode_operation(body: &str) -> Result<Operation, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("operation: {e}")))
+}
+
+fn decode_key(app: &str, instance_id: String) -> Result<InstanceKey, StoreError> {
+    Ok(InstanceKey {
+        app: AppName::parse(app).map_err(|e| StoreError::Corrupt(format!("app '{app}': {e}")))?,
+        instance_id,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn save_operation(&self, operation: &Operation) -> Result<(), StoreError> {
+        let body = serde_json::to_string(operation)
+            .map_err(|e| StoreError::Corrupt(format!("operation does not serialize: {e}")))?;
+        let id = operation.id.to_string();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO operations (id, action, state, ip, app, created_at, updated_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state,
+                 updated_at = excluded.updated_at, body = excluded.body",
+        )
+        .bind(&id)
+        .bind(operation.action.as_str())
+        .bind(operation.state.as_str())
+        .bind(operation.target.ip.to_string())
+        .bind(operation.target.app.as_ref().map(AppName::as_str))
+        .bind(millis::format(&operation.created_at))
+        .bind(millis::format(&Utc::now()))
+        .bind(&body)
+        .execute(&mut *tx)
+        .await?;
+        for instance in &operation.instances {
+            sqlx::query(
+                "INSERT OR IGNORE INTO operation_instances (operation_id, app, instance_id, ip, port)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&id)
+            .bind(instance.app.as_str())
+            .bind(&instance.instance_id)
+            .bind(instance.ip.to_string())
+            .bind(i64::from(instance.port))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+        let row = sqlx::query("SELECT body FROM operations WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| decode_operation(row.get("body"))).transpose()
+    }
+
+    async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT o.body FROM operations o
+             WHERE (?1 IS NULL OR o.state = ?1)
+               AND (?2 IS NULL OR o.ip = ?2 OR EXISTS (
+                     SELECT 1 FROM operation_instances i WHERE i.operation_id = o.id AND i.ip = ?2))
+               AND (?3 IS NULL OR o.app = ?3 OR EXISTS (
+                     SELECT 1 FROM operation_instances i WHERE i.operation_id = o.id AND i.app = ?3))
+             ORDER BY o.id DESC
+             LIMIT ?4",
+        )
+        .bind(filter.state.map(OperationState::as_str))
+        .bind(filter.ip.map(|ip| ip.to_string()))
+        .bind(filter.app.as_ref().map(AppName::as_str))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| decode_operation(row.get("body")))
+            .collect()
+    }
+
+    async fn unfinished_operations(&self) -> Result<Vec<Operation>, StoreError> {
+        let rows =
+            sqlx::query("SELECT body FROM operations WHERE state = 'in_progress' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| decode_operation(row.get("body")))
+            .collect()
+    }
+
+    async fn put_holds(&self, holds: &[Hold]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for hold in holds {
+            sqlx::query(
+                "INSERT INTO holds (app, instance_id, ip, port, registered_at, operation_id, since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (app, instance_id) DO UPDATE SET ip = excluded.ip, port = excluded.port,
+                     registered_at = excluded.registered_at, operation_id = excluded.operation_id,
+                     since = excluded.since",
+            )
+            .bind(hold.app.as_str())
+            .bind(&hold.instance_id)
+            .bind(hold.ip.to_string())
+            .bind(i64::from(hold.port))
+            .bind(hold.registered_at)
+            .bind(hold.operation_id.to_string())
+            .bind(millis::format(&hold.since))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_holds(&self, keys: &[InstanceKey]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for key in keys {
+            sqlx::query("DELETE FROM holds WHERE app = ?1 AND instance_id = ?2")
+                .bind(key.app.as_str())
+                .bind(&key.instance_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn holds(&self) -> Result<Vec<Hold>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT app, instance_id, ip, port, registered_at, operation_id, since
+             FROM holds ORDER BY since, app, instance_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+                    StoreError::Corrupt(format!("hold {what}: {e}"))
+                };
+                let key = decode_key(row.get("app"), row.get("instance_id"))?;
+                let ip: String = row.get("ip");
+                let port: i64 = row.get("port");
+                let operation_id: String = row.get("operation_id");
+                let since: String = row.get("since");
+                Ok(Hold {
+                    app: key.app,
+                    instance_id: key.instance_id,
+                    ip: ip.parse().map_err(|e| corrupt("ip", &e))?,
+                    port: u16::try_from(port).map_err(|e| corrupt("port", &e))?,
+                    registered_at: row.get("registered_at"),
+                    operation_id: operation_id
+                        .parse()
+                        .map_err(|e| corrupt("operation id", &e))?,
+                    since: chrono::DateTime::parse_from_rfc3339(&since)
+                        .map_err(|e| corrupt("since", &e))?
+                        .with_timezone(&Utc),
+                })
+            })
+            .collect()
+    }
+
+    async fn file_statuses(&self) -> Result<HashMap<InstanceKey, Status>, StoreError> {
+        let rows = sqlx::query("SELECT app, instance_id, status FROM file_registry_status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let key = decode_key(row.get("app"), row.get("instance_id"))?;
+                let status: String = row.get("status");
+                Ok((key, Status::from_registry(&status)))
+            })
+            .collect()
+    }
+
+    async fn set_file_status(&self, key: &InstanceKey, status: Status) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO file_registry_status (app, instance_id, status, updated_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (app, instance_id) DO UPDATE SET status = excluded.status,
+                 updated_at = excluded.updated_at",
+        )
+        .bind(key.app.as_str())
+        .bind(&key.instance_id)
+        .bind(status.as_str())
+        .bind(millis::format(&Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! Logs (tracing: human lines or one JSON object per line) and the Prometheus metrics registry.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `log.level`.
+/// Calling it twice is harmless (the second call keeps the first subscriber).
+pub fn init_tracing(settings: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _already_set = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// The route template (`/api/v1/instances/{ip}/offline`), never the raw path: raw paths
+    /// would make one series per IP.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub action: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryErrorLabels {
+    pub registry: String,
+    pub call: String,
+}
+
+/// Every metric synchspeed exports. One value per running app (not a process global), so
+/// tests that start several apps see their own counts.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub operations: Family<OperationLabels, Counter>,
+    pub operations_in_flight: Gauge,
+    pub notification_seconds: Family<NotificationLabels, Histogram>,
+    pub registry_errors: Family<RegistryErrorLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("synchspeed");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by route template and status",
+            http_requests.clone(),
+        );
+        let operations = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "operations",
+            "Operations by action and the state they ended in",
+            operations.clone(),
+        );
+        let operations_in_flight = Gauge::default();
+        registry.register(
+            "operations_in_flight",
+            "Operations started and not yet settled",
+            operations_in_flight.clone(),
+        );
+        // 0.5 ms to ~16 s: a loopback ack is sub-millisecond, a retried one takes seconds.
+        let notification_seconds =
+            Family::<NotificationLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            });
+        registry.register(
+            "notification_duration_seconds",
+            "Time from the first attempt to a gateway node's final answer, retries included",
+            notification_seconds.clone(),
+        );
+        let registry_errors = Family::<RegistryErrorLabels, Counter>::default();
+        registry.register(
+            "registry_errors",
+            "Registry calls that failed, by registry and call",
+            registry_errors.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            http_requests,
+            operations,
+            operations_in_flight,
+            notification_seconds,
+            registry_errors,
+        }
+    }
+
+    pub fn registry_error(&self, registry: &str, call: &str) {
+        self.registry_errors
+            .get_or_create(&RegistryErrorLabels {
+                registry: registry.to_owned(),
+                call: call.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
