@@ -404,14 +404,16 @@ impl Orchestrator {
                     }
                 });
             }
-            sender.send_modify(|op| op.settle(Utc::now()));
-            let settled = sender.borrow().clone();
+            // The settled record is journaled and counted before anyone sees it settle, so a
+            // caller answered "succeeded" can rely on the audit trail and the metrics.
+            let mut settled = sender.borrow().clone();
+            settled.settle(Utc::now());
             if let Err(e) = store.save_operation(&settled).await {
                 error!(operation = %settled.id, "cannot record the settled operation: {e}");
             }
-            // Readers move to the store only once it has the settled record.
-            lock(&live).remove(&settled.id);
             record_settled(&metrics, &settled);
+            lock(&live).remove(&settled.id);
+            sender.send_replace(settled);
         }
         .instrument(span);
         self.tasks.spawn(task);

@@ -1,0 +1,281 @@
+//! Starting the real application on 127.0.0.1:0 against doubles, and talking to it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use synchspeed::config::Settings;
+use synchspeed::startup::Application;
+use tempfile::TempDir;
+
+/// What a test configures; everything else is a test-friendly default (fast refresh, short
+/// gateway timeouts and backoff so retries do not slow the suite).
+#[derive(Clone)]
+pub struct TestConfig {
+    pub listen: String,
+    pub eureka_urls: Vec<String>,
+    /// app → groups
+    pub routes: Vec<(&'static str, Vec<&'static str>)>,
+    /// group → static nodes
+    pub static_nodes: Vec<(&'static str, Vec<String>)>,
+    /// The whole `[security]` table body.
+    pub security: String,
+    /// Extra lines for `[gateway]`.
+    pub gateway: String,
+    /// Extra lines for `[drain]`.
+    pub drain: String,
+    /// Extra lines for `[server]`.
+    pub server: String,
+    /// Replaces the `[registry]` section (the file registry).
+    pub registry: Option<String>,
+}
+
+impl TestConfig {
+    pub fn eureka(urls: &[String]) -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            eureka_urls: urls.to_vec(),
+            routes: vec![],
+            static_nodes: vec![],
+            security: "allow = [\"127.0.0.0/8\", \"::1/128\"]".into(),
+            gateway: String::new(),
+            drain: String::new(),
+            server: String::new(),
+            registry: None,
+        }
+    }
+
+    /// The `file` registry kind, reading `path`.
+    pub fn file(path: &std::path::Path) -> Self {
+        let mut config = Self::eureka(&[]);
+        config.registry = Some(format!(
+            "[registry]\nkind = \"file\"\n[registry.file]\npath = \"{}\"\nrefresh = \"100ms\"\n",
+            path.display()
+        ));
+        config
+    }
+
+    pub fn route(mut self, app: &'static str, groups: &[&'static str]) -> Self {
+        self.routes.push((app, groups.to_vec()));
+        self
+    }
+
+    pub fn nodes(mut self, group: &'static str, nodes: Vec<String>) -> Self {
+        self.static_nodes.push((group, nodes));
+        self
+    }
+
+    pub fn security(mut self, body: &str) -> Self {
+        self.security = body.into();
+        self
+    }
+
+    pub fn gateway(mut self, lines: &str) -> Self {
+        self.gateway = lines.into();
+        self
+    }
+
+    pub fn drain(mut self, lines: &str) -> Self {
+        self.drain = lines.into();
+        self
+    }
+
+    pub fn server(mut self, lines: &str) -> Self {
+        self.server = lines.into();
+        self
+    }
+
+    fn to_toml(&self, store: &std::path::Path) -> String {
+        let list = |items: &[String]| {
+            items
+                .iter()
+                .map(|i| format!("\"{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let registry = self.registry.clone().unwrap_or_else(|| {
+            format!(
+                "[registry]\nkind = \"eureka\"\n[registry.eureka]\nurls = [{}]\nrefresh = \"100ms\"\ntimeout = \"1s\"\n",
+                list(&self.eureka_urls)
+            )
+        });
+        // Lines a test sets replace the defaults with the same key (TOML refuses duplicates).
+        let merge = |defaults: &str, overrides: &str| {
+            let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_owned();
+            let overridden: Vec<String> = overrides.lines().map(key).collect();
+            defaults
+                .lines()
+                .filter(|line| !overridden.contains(&key(line)))
+                .chain(overrides.lines())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let gateway = merge(
+            "timeout = \"500ms\"\nattempts = 3\nbackoff = \"10ms\"\nbackoff_max = \"40ms\"",
+            &self.gateway,
+        );
+        let server = merge(
+            &format!("listen = \"{}\"\nshutdown_grace = \"2s\"", self.listen),
+            &self.server,
+        );
+        let mut toml = format!(
+            "[server]\n{}\n\n[security]\n{}\n\n{}\n\
+             [gateway]\n{}\n\n\
+             [drain]\n{}\n\n[store]\nurl = \"sqlite://{}\"\n\n[groups]\nsource = \"static\"\n[groups.static]\n",
+            server,
+            self.security,
+            registry,
+            gateway,
+            self.drain,
+            store.display(),
+        );
+        for (app, groups) in &self.routes {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            toml.push_str(&format!("\"{app}\" = [{}]\n", list(&groups)));
+        }
+        toml.push_str("\n[gateway.nodes]\n");
+        for (group, nodes) in &self.static_nodes {
+            toml.push_str(&format!("\"{group}\" = [{}]\n", list(nodes)));
+        }
+        toml
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    app: Option<Application>,
+    config: TestConfig,
+    /// Kept across restarts: the store lives here.
+    dir: Arc<TempDir>,
+}
+
+impl TestApp {
+    /// Starts the app and waits until its registry cache is loaded.
+    pub async fn spawn(config: TestConfig) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::spawn_in(config, dir, true).await
+    }
+
+    /// Starts the app without waiting for readiness (registry down on purpose).
+    pub async fn spawn_unready(config: TestConfig) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::spawn_in(config, dir, false).await
+    }
+
+    async fn spawn_in(config: TestConfig, dir: Arc<TempDir>, wait_ready: bool) -> Self {
+        let store = dir.path().join("synchspeed.db");
+        let settings = Settings::from_toml(&config.to_toml(&store)).expect("test config is valid");
+        let app = Application::build(settings).await.expect("the app starts");
+        let mut local = app.local_addr();
+        if local.ip().is_unspecified() {
+            local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let address = format!("http://{local}");
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let test_app = Self {
+            address,
+            client,
+            app: Some(app),
+            config,
+            dir,
+        };
+        if wait_ready {
+            test_app.wait_ready().await;
+        }
+        test_app
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub async fn wait_ready(&self) {
+        eventually("the app becomes ready", || async {
+            self.get("/readyz").await.status() == 200
+        })
+        .await;
+    }
+
+    /// Stops gracefully and starts again on the same store.
+    pub async fn restart(mut self) -> Self {
+        self.app.take().unwrap().stop().await.unwrap();
+        Self::spawn_in(self.config.clone(), Arc::clone(&self.dir), true).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn operation(&self, id: &str) -> Value {
+        let response = self.get(&format!("/api/v1/operations/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls an operation until it leaves `in_progress`.
+    pub async fn settled(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let operation = self.operation(id).await;
+            if operation["state"] != "in_progress" {
+                return operation;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "operation {id} never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Polls `check` until it holds, for at most 15 s: a generous deadline, never a fixed sleep.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The error code of an error body.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}

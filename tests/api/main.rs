@@ -1,0 +1,14 @@
+//! Black-box tests: the real application on 127.0.0.1:0 against a Eureka double and gateway
+//! node fakes. One test binary (one link) for the whole suite.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod helpers;
+
+mod drain;
+mod errors;
+mod registry;
+mod security;
+mod store;

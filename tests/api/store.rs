@@ -1,0 +1,125 @@
+//! What survives a restart: the audit trail, the desired state, the file registry's
+//! statuses; and what a restart closes: operations a stopped process left in progress.
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, TestConfig};
+use crate::support::eureka::EurekaDouble;
+use crate::support::gateway::{Behaviour, GatewayNode};
+
+#[tokio::test]
+async fn operations_and_holds_survive_a_restart() {
+    let eureka = EurekaDouble::start().await;
+    eureka.register(
+        "ORDER-SERVICE",
+        "10.0.0.5:order-service:8080",
+        "10.0.0.5",
+        8080,
+        "UP",
+    );
+    let app = TestApp::spawn(TestConfig::eureka(&[eureka.url()])).await;
+    let operation: Value = app
+        .post("/api/v1/instances/10.0.0.5/offline?wait=true&reason=drain")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = operation["id"].as_str().unwrap().to_owned();
+
+    let app = app.restart().await;
+    let stored = app.operation(&id).await;
+    assert_eq!(stored, operation, "the record is the same after a restart");
+    let held: Value = app.get("/api/v1/offline").await.json().await.unwrap();
+    assert_eq!(held["instances"][0]["operationId"], id.as_str());
+    let list: Value = app
+        .get("/api/v1/operations?ip=10.0.0.5")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["operations"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_operation_left_in_progress_is_closed_on_the_next_start() {
+    let hanging = GatewayNode::start(Behaviour::Hang).await;
+    let eureka = EurekaDouble::start().await;
+    eureka.register(
+        "ORDER-SERVICE",
+        "10.0.0.5:order-service:8080",
+        "10.0.0.5",
+        8080,
+        "UP",
+    );
+    let app = TestApp::spawn(
+        TestConfig::eureka(&[eureka.url()])
+            .route("ORDER-SERVICE", &["EDGE"])
+            .nodes("EDGE", vec![hanging.address()])
+            .gateway("timeout = \"60s\"\nattempts = 1"),
+    )
+    .await;
+    let response = app.post("/api/v1/instances/10.0.0.5/offline").await;
+    assert_eq!(response.status(), 202);
+    let operation: Value = response.json().await.unwrap();
+    let id = operation["id"].as_str().unwrap().to_owned();
+
+    // The stop's grace period (2 s) passes with the node still silent.
+    let app = app.restart().await;
+    let closed = app.operation(&id).await;
+    assert_eq!(closed["state"], "partial");
+    assert_eq!(closed["gateways"][0]["state"], "failed");
+    assert!(
+        closed["gateways"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped")
+    );
+    // The registry step had happened: the hold stands.
+    let held: Value = app.get("/api/v1/offline").await.json().await.unwrap();
+    assert_eq!(held["instances"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_file_registry_keeps_statuses_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("instances.toml");
+    std::fs::write(
+        &path,
+        "[[instance]]\napp = \"ORDER-SERVICE\"\nip = \"10.0.0.5\"\nport = 8080\n\n[[instance]]\napp = \"ORDER-SERVICE\"\nip = \"10.0.0.6\"\nport = 8080\n",
+    )
+    .unwrap();
+    let app = TestApp::spawn(TestConfig::file(&path)).await;
+    assert_eq!(
+        app.post("/api/v1/instances/10.0.0.5/offline?wait=true")
+            .await
+            .status(),
+        200
+    );
+
+    let app = app.restart().await;
+    let view: Value = app
+        .get("/api/v1/instances/10.0.0.5")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["instances"][0]["status"], "OUT_OF_SERVICE");
+    let other: Value = app
+        .get("/api/v1/instances/10.0.0.6")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["instances"][0]["status"], "UP");
+
+    // The file is re-read when it changes.
+    std::fs::write(
+        &path,
+        "[[instance]]\napp = \"BILLING\"\nip = \"10.0.0.9\"\nport = 9090\n",
+    )
+    .unwrap();
+    crate::helpers::eventually("the new file is loaded", || async {
+        app.get("/api/v1/instances/10.0.0.9").await.status() == 200
+    })
+    .await;
+}

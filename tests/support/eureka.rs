@@ -1,0 +1,565 @@
+//! A Eureka server double, written from `shared/protocols/registries.md` §1 (which cites
+//! Netflix/eureka's `InstanceResource`, `ApplicationResource`, `ApplicationsResource`,
+//! `AbstractInstanceRegistry` and the JSON codecs). Quirks it reproduces:
+//!
+//! * `{APP}` is upper-cased (case-insensitive); `{id}` is case-sensitive;
+//! * PUT status: 404 for an unknown instance, 500 for a `value` that is not an exact enum
+//!   name; a PUT equal to the current status stores no override and still answers 200;
+//! * DELETE status: 404 unknown; without an override a no-op answering 200; with one, the
+//!   override goes and the status becomes `value` (UNKNOWN without one);
+//! * heartbeats run the rule chain (DownOrStarting, OverrideExists, LeaseExists);
+//! * cancel removes the override (so a re-registration comes back UP);
+//! * `GET apps`, `apps/delta`, `apps/{APP}` answer XML unless `Accept` contains "json", are
+//!   gzipped when asked, and `GET apps` can be served from a read-only cache that only
+//!   `refresh_read_cache` updates (the 30 s `responseCacheUpdateIntervalMs`, made explicit);
+//! * JSON as the Jackson codec writes it: `port.$` number with `@enabled` string, string
+//!   `@Auto` timestamps, `{"@class": ...EmptyMap}` for empty metadata, string
+//!   `versions__delta`/`apps__hashcode`;
+//! * `GET apps/{APP}/{id}` reads the registry directly (never cached).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower_http::compression::CompressionLayer;
+
+const STATUSES: [&str; 5] = ["UP", "DOWN", "STARTING", "OUT_OF_SERVICE", "UNKNOWN"];
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub app: String,
+    pub id: String,
+    pub ip: String,
+    pub port: u16,
+    pub status: String,
+    pub overridden_status: String,
+    pub registered_at: i64,
+    pub last_dirty: i64,
+    pub metadata: BTreeMap<String, String>,
+    pub action_type: &'static str,
+}
+
+impl Instance {
+    fn to_json(&self) -> Value {
+        let metadata = if self.metadata.is_empty() {
+            json!({"@class": "java.util.Collections$EmptyMap"})
+        } else {
+            json!(self.metadata)
+        };
+        json!({
+            "instanceId": self.id,
+            "hostName": self.ip,
+            "app": self.app,
+            "ipAddr": self.ip,
+            "status": self.status,
+            "overriddenStatus": self.overridden_status,
+            "port": {"$": self.port, "@enabled": "true"},
+            "securePort": {"$": 443, "@enabled": "false"},
+            "countryId": 1,
+            "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo", "name": "MyOwn"},
+            "leaseInfo": {"renewalIntervalInSecs": 30, "durationInSecs": 90,
+                "registrationTimestamp": self.registered_at, "lastRenewalTimestamp": self.registered_at,
+                "evictionTimestamp": 0, "serviceUpTimestamp": self.registered_at},
+            "metadata": metadata,
+            "vipAddress": self.app.to_lowercase(),
+            "secureVipAddress": self.app.to_lowercase(),
+            "isCoordinatingDiscoveryServer": "false",
+            "lastUpdatedTimestamp": self.last_dirty.to_string(),
+            "lastDirtyTimestamp": self.last_dirty.to_string(),
+            "actionType": self.action_type,
+        })
+    }
+}
+
+/// How the double misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    /// Every request answers 503 (a peer behind a load balancer that lost its backend).
+    Unavailable,
+    /// Reads answer 403 (`shouldAllowAccess` while syncing), writes work.
+    NotReady,
+    /// Every request answers 307 (`StatusFilter`: this node is not UP).
+    Redirect,
+    /// Status writes answer 500 (a race with a cancel).
+    RefuseWrites,
+    /// Registry reads answer 200 with a truncated body.
+    Garbage,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub accept: String,
+    pub accept_encoding: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    apps: BTreeMap<String, BTreeMap<String, Instance>>,
+    overrides: HashMap<String, String>,
+    delta: Vec<Instance>,
+    version: u64,
+    clock: i64,
+    read_cache: Option<Value>,
+    use_read_cache: bool,
+    mode: Option<Mode>,
+    refused_ids: Vec<String>,
+    requests: Vec<Request>,
+}
+
+impl Inner {
+    fn tick(&mut self) -> i64 {
+        self.clock += 1;
+        1_800_000_000_000 + self.clock
+    }
+
+    fn hashcode(&self) -> String {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for instance in self.apps.values().flat_map(|a| a.values()) {
+            *counts.entry(instance.status.as_str()).or_default() += 1;
+        }
+        counts.iter().map(|(s, n)| format!("{s}_{n}_")).collect()
+    }
+
+    fn applications(&self, delta: bool) -> Value {
+        let application: Vec<Value> = if delta {
+            let mut by_app: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+            for instance in &self.delta {
+                by_app
+                    .entry(&instance.app)
+                    .or_default()
+                    .push(instance.to_json());
+            }
+            by_app
+                .into_iter()
+                .map(|(name, instances)| json!({"name": name, "instance": instances}))
+                .collect()
+        } else {
+            self.apps
+                .iter()
+                .filter(|(_, instances)| !instances.is_empty())
+                .map(|(name, instances)| {
+                    json!({"name": name, "instance": instances.values().map(Instance::to_json).collect::<Vec<_>>()})
+                })
+                .collect()
+        };
+        json!({"applications": {
+            "versions__delta": if delta { self.version.to_string() } else { "1".to_string() },
+            "apps__hashcode": self.hashcode(),
+            "application": application,
+        }})
+    }
+
+    fn changed(&mut self, instance: Instance) {
+        self.version += 1;
+        self.delta.push(instance);
+    }
+}
+
+#[derive(Clone)]
+pub struct EurekaDouble {
+    inner: Arc<Mutex<Inner>>,
+    pub addr: SocketAddr,
+    base: String,
+    server: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl EurekaDouble {
+    /// A Spring Cloud style server: base `/eureka`.
+    pub async fn start() -> Self {
+        Self::start_at("/eureka").await
+    }
+
+    /// A server with another base path (`/eureka/v2` for Netflix's war).
+    pub async fn start_at(base: &str) -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let double = Self {
+            inner,
+            addr,
+            base: base.to_owned(),
+            server: Arc::new(Mutex::new(None)),
+        };
+        let app = Router::new()
+            .route(&format!("{base}/apps"), get(get_apps))
+            .route(&format!("{base}/apps/delta"), get(get_delta))
+            .route(&format!("{base}/apps/{{app}}"), any(app_resource))
+            .route(
+                &format!("{base}/apps/{{app}}/{{id}}"),
+                any(instance_resource),
+            )
+            .route(
+                &format!("{base}/apps/{{app}}/{{id}}/status"),
+                any(status_resource),
+            )
+            .layer(axum::middleware::from_fn_with_state(double.clone(), guard))
+            .layer(CompressionLayer::new().gzip(true))
+            .with_state(double.clone());
+        let handle = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        *double.server.lock().unwrap() = Some(handle);
+        double
+    }
+
+    /// The base URL to configure in synchspeed.
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.addr, self.base)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap()
+    }
+
+    /// Registers an instance as a client's `POST apps/{APP}` would.
+    pub fn register(&self, app: &str, id: &str, ip: &str, port: u16, status: &str) {
+        self.register_with(app, id, ip, port, status, BTreeMap::new());
+    }
+
+    pub fn register_with(
+        &self,
+        app: &str,
+        id: &str,
+        ip: &str,
+        port: u16,
+        status: &str,
+        metadata: BTreeMap<String, String>,
+    ) {
+        let mut inner = self.lock();
+        let now = inner.tick();
+        let app = app.to_uppercase();
+        let mut instance = Instance {
+            app: app.clone(),
+            id: id.to_owned(),
+            ip: ip.to_owned(),
+            port,
+            status: status.to_owned(),
+            overridden_status: "UNKNOWN".into(),
+            registered_at: now,
+            last_dirty: now,
+            metadata,
+            action_type: "ADDED",
+        };
+        // `register()` copies an existing override onto the registrant (fast restart).
+        if let Some(overridden) = inner.overrides.get(id).cloned() {
+            instance.overridden_status = overridden.clone();
+            if status == "UP" {
+                instance.status = overridden;
+            }
+        }
+        inner
+            .apps
+            .entry(app)
+            .or_default()
+            .insert(id.to_owned(), instance.clone());
+        inner.changed(instance);
+    }
+
+    /// Registers without a delta entry: only a full fetch can see it (a client whose copy
+    /// drifted must notice through the hash code).
+    pub fn register_silently(&self, app: &str, id: &str, ip: &str, port: u16) {
+        self.register(app, id, ip, port, "UP");
+        self.lock().delta.pop();
+    }
+
+    /// A graceful shutdown's `DELETE apps/{APP}/{id}`: removes the override too.
+    pub fn cancel(&self, app: &str, id: &str) {
+        let mut inner = self.lock();
+        let removed = inner
+            .apps
+            .get_mut(&app.to_uppercase())
+            .and_then(|a| a.remove(id));
+        inner.overrides.remove(id);
+        if let Some(mut instance) = removed {
+            instance.action_type = "DELETED";
+            inner.changed(instance);
+        }
+    }
+
+    pub fn status(&self, app: &str, id: &str) -> Option<String> {
+        self.lock()
+            .apps
+            .get(&app.to_uppercase())?
+            .get(id)
+            .map(|i| i.status.clone())
+    }
+
+    pub fn override_of(&self, id: &str) -> Option<String> {
+        self.lock().overrides.get(id).cloned()
+    }
+
+    /// Status writes for this instance answer 500, others work.
+    pub fn refuse_writes_for(&self, id: &str) {
+        self.lock().refused_ids.push(id.to_owned());
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.lock().mode = Some(mode);
+    }
+
+    /// Serves `GET apps` from a snapshot taken now, until the next call (the read-only cache).
+    pub fn refresh_read_cache(&self) {
+        let mut inner = self.lock();
+        let snapshot = inner.applications(false);
+        inner.read_cache = Some(snapshot);
+        inner.use_read_cache = true;
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.lock().requests.clone()
+    }
+
+    /// Status writes received (PUT or DELETE on `.../status`).
+    pub fn status_writes(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/status") && (r.method == "PUT" || r.method == "DELETE"))
+            .collect()
+    }
+
+    /// Stops listening: connections are refused from now on.
+    pub fn stop(&self) {
+        if let Some(handle) = self.server.lock().unwrap().take() {
+            handle.abort();
+        }
+    }
+}
+
+async fn guard(
+    State(double): State<EurekaDouble>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mode = {
+        let mut inner = double.lock();
+        inner.requests.push(Request {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            query: uri.query().unwrap_or("").to_owned(),
+            accept: header(&headers, "accept"),
+            accept_encoding: header(&headers, "accept-encoding"),
+        });
+        inner.mode.unwrap_or(Mode::Normal)
+    };
+    match mode {
+        Mode::Unavailable => return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+        Mode::Redirect => {
+            return (StatusCode::TEMPORARY_REDIRECT, "Current node is currently not ready to serve requests -- current status: STARTING - try another DS node: ").into_response();
+        }
+        Mode::NotReady if method == Method::GET => return StatusCode::FORBIDDEN.into_response(),
+        Mode::Garbage if method == Method::GET => {
+            return (
+                [("content-type", "application/json")],
+                "{\"applications\": {\"application\": [{\"name\": \"ORD",
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+    next.run(request).await
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
+}
+
+/// The XML the server answers without `Accept: ...json`; synchspeed must never need it.
+fn xml(body: &Value) -> Response {
+    let text = format!(
+        "<applications><versions__delta>{}</versions__delta><apps__hashcode>{}</apps__hashcode></applications>",
+        body["applications"]["versions__delta"]
+            .as_str()
+            .unwrap_or(""),
+        body["applications"]["apps__hashcode"]
+            .as_str()
+            .unwrap_or("")
+    );
+    ([("content-type", "application/xml")], text).into_response()
+}
+
+async fn get_apps(State(double): State<EurekaDouble>, headers: HeaderMap) -> Response {
+    let body = {
+        let inner = double.lock();
+        match (&inner.read_cache, inner.use_read_cache) {
+            (Some(cached), true) => cached.clone(),
+            _ => inner.applications(false),
+        }
+    };
+    if !wants_json(&headers) {
+        return xml(&body);
+    }
+    Json(body).into_response()
+}
+
+async fn get_delta(State(double): State<EurekaDouble>, headers: HeaderMap) -> Response {
+    let body = double.lock().applications(true);
+    if !wants_json(&headers) {
+        return xml(&body);
+    }
+    Json(body).into_response()
+}
+
+async fn app_resource(
+    State(double): State<EurekaDouble>,
+    method: Method,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if method != Method::GET {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let inner = double.lock();
+    match inner
+        .apps
+        .get(&app.to_uppercase())
+        .filter(|a| !a.is_empty())
+    {
+        None => StatusCode::NOT_FOUND.into_response(),
+        Some(instances) => {
+            let body = json!({"application": {"name": app.to_uppercase(),
+                "instance": instances.values().map(Instance::to_json).collect::<Vec<_>>()}});
+            if !wants_json(&headers) {
+                return ([("content-type", "application/xml")], "<application/>").into_response();
+            }
+            Json(body).into_response()
+        }
+    }
+}
+
+async fn instance_resource(
+    State(double): State<EurekaDouble>,
+    method: Method,
+    Path((app, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let app = app.to_uppercase();
+    let mut inner = double.lock();
+    match method {
+        Method::GET => match inner.apps.get(&app).and_then(|a| a.get(&id)) {
+            Some(instance) => Json(json!({"instance": instance.to_json()})).into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        },
+        // Heartbeat: the rule chain on the server's copy.
+        Method::PUT => {
+            let reported = query.get("status").cloned().unwrap_or_else(|| "UP".into());
+            let overridden = inner.overrides.get(&id).cloned();
+            let Some(instance) = inner.apps.get_mut(&app).and_then(|a| a.get_mut(&id)) else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            instance.status = if reported != "UP" && reported != "OUT_OF_SERVICE" {
+                reported
+            } else if let Some(overridden) = overridden {
+                overridden
+            } else if instance.status == "UP" || instance.status == "OUT_OF_SERVICE" {
+                // LeaseExistsRule: the server has its way.
+                instance.status.clone()
+            } else {
+                reported
+            };
+            StatusCode::OK.into_response()
+        }
+        Method::DELETE => {
+            drop(inner);
+            if double.status(&app, &id).is_none() {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            double.cancel(&app, &id);
+            StatusCode::OK.into_response()
+        }
+        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+    }
+}
+
+async fn status_resource(
+    State(double): State<EurekaDouble>,
+    method: Method,
+    Path((app, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let app = app.to_uppercase();
+    let mut inner = double.lock();
+    if inner.mode == Some(Mode::RefuseWrites) || inner.refused_ids.contains(&id) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    if inner.apps.get(&app).and_then(|a| a.get(&id)).is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let value = query.get("value").cloned();
+    // `InstanceStatus.valueOf`: exact upper-case names only, else an exception → 500.
+    if let Some(v) = &value {
+        if !STATUSES.contains(&v.as_str()) {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    match method {
+        Method::PUT => {
+            let Some(value) = value else {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            };
+            let now = inner.tick();
+            let instance = inner
+                .apps
+                .get_mut(&app)
+                .and_then(|a| a.get_mut(&id))
+                .unwrap();
+            if instance.status == value {
+                // Same status: nothing stored, 200 all the same (§1.3 gotcha).
+                return StatusCode::OK.into_response();
+            }
+            instance.status = value.clone();
+            instance.overridden_status = value.clone();
+            instance.action_type = "MODIFIED";
+            instance.last_dirty = now;
+            let snapshot = instance.clone();
+            inner.overrides.insert(id.clone(), value);
+            inner.changed(snapshot);
+            StatusCode::OK.into_response()
+        }
+        Method::DELETE => {
+            if inner.overrides.remove(&id).is_none() {
+                // No override: a no-op, 200 (§1.4).
+                return StatusCode::OK.into_response();
+            }
+            let now = inner.tick();
+            let instance = inner
+                .apps
+                .get_mut(&app)
+                .and_then(|a| a.get_mut(&id))
+                .unwrap();
+            instance.status = value.unwrap_or_else(|| "UNKNOWN".into());
+            instance.overridden_status = "UNKNOWN".into();
+            instance.action_type = "MODIFIED";
+            instance.last_dirty = now;
+            let snapshot = instance.clone();
+            inner.changed(snapshot);
+            StatusCode::OK.into_response()
+        }
+        _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+    }
+}

@@ -1,0 +1,133 @@
+//! Gateway node fakes speaking the notification protocol (`shared/spec/api.md` §3): they
+//! record what they receive and answer as told: acknowledge, fail, fail a few times, hang.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    Ack,
+    /// Always answer this status.
+    Fail(u16),
+    /// Answer `code` this many times, then acknowledge (a flapping node).
+    FailTimes(u32, u16),
+    /// Never answer (until the connection is dropped).
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub event: String,
+    pub signature: Option<String>,
+    pub raw: Bytes,
+    pub body: Value,
+}
+
+struct Inner {
+    behaviour: Behaviour,
+    received: Vec<Received>,
+    attempts: u32,
+}
+
+#[derive(Clone)]
+pub struct GatewayNode {
+    inner: Arc<Mutex<Inner>>,
+    pub addr: SocketAddr,
+}
+
+impl GatewayNode {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_on("127.0.0.1:0", behaviour).await
+    }
+
+    pub async fn start_on(bind: &str, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind(bind).await.unwrap();
+        let node = Self {
+            inner: Arc::new(Mutex::new(Inner {
+                behaviour,
+                received: Vec::new(),
+                attempts: 0,
+            })),
+            addr: listener.local_addr().unwrap(),
+        };
+        let app = Router::new()
+            .route("/synchspeed/v1/notify", post(notify))
+            .with_state(node.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        node
+    }
+
+    /// `127.0.0.1:port`, as synchspeed lists it.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Notifications answered with a 2xx or not: every request that arrived.
+    pub fn attempts(&self) -> u32 {
+        self.inner.lock().unwrap().attempts
+    }
+
+    /// Notifications this node acknowledged.
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().received.clone()
+    }
+
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.inner.lock().unwrap().behaviour = behaviour;
+    }
+}
+
+async fn notify(State(node): State<GatewayNode>, headers: HeaderMap, raw: Bytes) -> StatusCode {
+    let behaviour = {
+        let mut inner = node.inner.lock().unwrap();
+        inner.attempts += 1;
+        let behaviour = inner.behaviour;
+        if let Behaviour::FailTimes(left, code) = behaviour {
+            if left > 0 {
+                inner.behaviour = Behaviour::FailTimes(left - 1, code);
+                return StatusCode::from_u16(code).unwrap();
+            }
+        }
+        behaviour
+    };
+    match behaviour {
+        Behaviour::Fail(code) => return StatusCode::from_u16(code).unwrap(),
+        Behaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return StatusCode::OK;
+        }
+        Behaviour::Ack | Behaviour::FailTimes(..) => {}
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let body: Value = match serde_json::from_slice(&raw) {
+        Ok(body) => body,
+        Err(_) => return StatusCode::BAD_REQUEST,
+    };
+    node.inner.lock().unwrap().received.push(Received {
+        event: header("x-synchspeed-event").unwrap_or_default(),
+        signature: header("x-synchspeed-signature"),
+        raw,
+        body,
+    });
+    StatusCode::NO_CONTENT
+}
