@@ -512,10 +512,10 @@ async fn status_resource(
     }
     let value = query.get("value").cloned();
     // `InstanceStatus.valueOf`: exact upper-case names only, else an exception → 500.
-    if let Some(v) = &value {
-        if !STATUSES.contains(&v.as_str()) {
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
+    if let Some(v) = &value
+        && !STATUSES.contains(&v.as_str())
+    {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     match method {
         Method::PUT => {

@@ -97,11 +97,11 @@ async fn notify(State(node): State<GatewayNode>, headers: HeaderMap, raw: Bytes)
         let mut inner = node.inner.lock().unwrap();
         inner.attempts += 1;
         let behaviour = inner.behaviour;
-        if let Behaviour::FailTimes(left, code) = behaviour {
-            if left > 0 {
-                inner.behaviour = Behaviour::FailTimes(left - 1, code);
-                return StatusCode::from_u16(code).unwrap();
-            }
+        if let Behaviour::FailTimes(left, code) = behaviour
+            && left > 0
+        {
+            inner.behaviour = Behaviour::FailTimes(left - 1, code);
+            return StatusCode::from_u16(code).unwrap();
         }
         behaviour
     };
