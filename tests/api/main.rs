@@ -7,6 +7,7 @@ mod support;
 
 mod helpers;
 
+mod cli;
 mod drain;
 mod errors;
 mod registry;
