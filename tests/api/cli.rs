@@ -63,3 +63,54 @@ fn serve_refuses_an_invalid_file_with_64() {
     assert_eq!(code, 64);
     assert!(stderr.contains("gateway.attempts"), "{stderr}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_sigterm_stops_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let instances = concat!(env!("CARGO_MANIFEST_DIR"), "/config/instances.toml");
+    let store = format!("sqlite://{}/s.db", dir.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synchspeed"))
+        .arg("serve")
+        .env("SYNCHSPEED__LOG__FORMAT", "json")
+        .env("SYNCHSPEED__SERVER__LISTEN", "127.0.0.1:0")
+        .env("SYNCHSPEED__STORE__URL", &store)
+        .env("SYNCHSPEED__REGISTRY__FILE__PATH", instances)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut serving = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+        if event["message"] == "synchspeed serving" {
+            serving = Some(event);
+            break;
+        }
+    }
+    let serving = serving.expect("the service logged that it serves");
+    assert_eq!(serving["registry"], "file");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("synchspeed stopped")),
+        "{rest:?}"
+    );
+}

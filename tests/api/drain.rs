@@ -609,3 +609,33 @@ async fn an_instance_the_registry_refuses_puts_the_others_back() {
     assert_eq!(fleet.eureka.override_of(ORDER_8080), None);
     assert_eq!(node.attempts(), 0);
 }
+
+#[tokio::test]
+async fn online_of_an_instance_that_took_itself_out_reports_what_eureka_shows() {
+    // The instance set itself OUT_OF_SERVICE: there is no override, so Eureka's DELETE is a
+    // no-op answering 200 (§1.4). The operation must say what the peer shows, not claim UP.
+    let eureka = EurekaDouble::start().await;
+    eureka.register(
+        "ORDER-SERVICE",
+        ORDER_8080,
+        "10.0.0.5",
+        8080,
+        "OUT_OF_SERVICE",
+    );
+    let app = TestApp::spawn(TestConfig::eureka(&[eureka.url()])).await;
+
+    let operation: Value = app
+        .post("/api/v1/instances/10.0.0.5/online?wait=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let peer = &operation["instances"][0]["peers"][0];
+    assert_eq!(peer["outcome"], "accepted");
+    assert_eq!(peer["verifiedStatus"], "OUT_OF_SERVICE");
+    assert!(peer["error"].as_str().unwrap().contains("OUT_OF_SERVICE"));
+    assert_eq!(
+        eureka.status("ORDER-SERVICE", ORDER_8080).as_deref(),
+        Some("OUT_OF_SERVICE")
+    );
+}
