@@ -108,7 +108,8 @@ pub struct Request {
 struct Inner {
     apps: BTreeMap<String, BTreeMap<String, Instance>>,
     overrides: HashMap<String, String>,
-    delta: Vec<Instance>,
+    /// The recently-changed queue, with when each change was made.
+    delta: Vec<(std::time::Instant, Instance)>,
     version: u64,
     clock: i64,
     read_cache: Option<Value>,
@@ -135,7 +136,7 @@ impl Inner {
     fn applications(&self, delta: bool) -> Value {
         let application: Vec<Value> = if delta {
             let mut by_app: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-            for instance in &self.delta {
+            for (_, instance) in &self.delta {
                 by_app
                     .entry(&instance.app)
                     .or_default()
@@ -163,7 +164,11 @@ impl Inner {
 
     fn changed(&mut self, instance: Instance) {
         self.version += 1;
-        self.delta.push(instance);
+        // `retentionTimeInMSInDeltaQueue`: changes stay in the delta for 3 minutes.
+        let now = std::time::Instant::now();
+        self.delta
+            .retain(|(at, _)| now.duration_since(*at) < std::time::Duration::from_secs(180));
+        self.delta.push((now, instance));
     }
 }
 
@@ -272,6 +277,12 @@ impl EurekaDouble {
     pub fn register_silently(&self, app: &str, id: &str, ip: &str, port: u16) {
         self.register(app, id, ip, port, "UP");
         self.lock().delta.pop();
+    }
+
+    /// Empties the delta queue, as if its 3-minute retention had passed (benchmarks register
+    /// thousands of instances and must not carry them in every delta).
+    pub fn forget_delta(&self) {
+        self.lock().delta.clear();
     }
 
     /// A graceful shutdown's `DELETE apps/{APP}/{id}`: removes the override too.

@@ -1,0 +1,361 @@
+//! `cargo bench --bench drain`: how long an offline takes, side by side with the physical
+//! floor (one registry round trip, then every node concurrently on a warm pool) and with the
+//! sequential script it replaces; a mass drain; read throughput; memory.
+//!
+//! The release binary runs as its own process on loopback, against the Eureka double and
+//! in-process gateway nodes that acknowledge at once (the same doubles the tests use). Prints
+//! a table and writes `target/bench/drain.json`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/eureka.rs"]
+mod eureka;
+#[path = "../tests/support/gateway.rs"]
+#[allow(dead_code)]
+mod gateway;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eureka::EurekaDouble;
+use futures::future::join_all;
+use gateway::{Behaviour, GatewayNode};
+use serde_json::{json, Value};
+
+const NODE_COUNTS: [usize; 3] = [1, 10, 100];
+const WARMUP: usize = 30;
+const SAMPLES: usize = 300;
+const READ_INSTANCES: usize = 10_000;
+const MASS_INSTANCES: usize = 1_000;
+const MASS_NODES: usize = 20;
+const READ_SECONDS: u64 = 3;
+const READ_CLIENTS: usize = 32;
+const SEQUENTIAL_RUNS: usize = 10;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+struct Service {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    fn rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn summary(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (percentile(&samples, 0.50), percentile(&samples, 0.99))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+async fn start_service(eureka: &EurekaDouble, groups: &[(String, String)]) -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut routes = String::new();
+    for (app, group) in groups {
+        routes.push_str(&format!("\"{app}\" = [\"{group}\"]\n"));
+    }
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nbody_limit = 1048576\n[log]\nlevel = \"warn\"\n\
+         [security]\nallow = [\"127.0.0.0/8\"]\n[registry]\nkind = \"eureka\"\n[registry.eureka]\n\
+         urls = [\"{}\"]\nrefresh = \"1s\"\n[gateway]\ntimeout = \"2s\"\n[drain]\nmax_in_flight = 4096\n\
+         wait_timeout_max = \"5m\"\n[store]\nurl = \"sqlite://{}/bench.db\"\n[groups.static]\n{routes}",
+        eureka.url(),
+        dir.path().display()
+    );
+    let path = dir.path().join("bench.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_synchspeed"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the release binary starts");
+    let service = Service {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("{}/readyz", service.base)).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the service did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// Offline with wait=true, timed to its 200; online (untimed) puts it back for the next one.
+async fn latency(service: &Service, ip: &str) -> (f64, f64) {
+    let client = client();
+    let offline = format!("{}/api/v1/instances/{ip}/offline?wait=true", service.base);
+    let online = format!("{}/api/v1/instances/{ip}/online?wait=true", service.base);
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for i in 0..WARMUP + SAMPLES {
+        let started = Instant::now();
+        let response = client.post(&offline).send().await.unwrap();
+        let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+        if i >= WARMUP {
+            samples.push(elapsed);
+        }
+        assert_eq!(client.post(&online).send().await.unwrap().status(), 200);
+    }
+    summary(samples)
+}
+
+/// The same work done directly: the registry PUT, then every node concurrently on a warm
+/// keep-alive pool. Nothing can be faster without skipping a step.
+async fn floor(eureka: &EurekaDouble, app: &str, id: &str, ip: &str, nodes: &[GatewayNode]) -> (f64, f64) {
+    let client = client();
+    let put = format!("{}/apps/{app}/{id}/status?value=OUT_OF_SERVICE", eureka.url());
+    let delete = format!("{}/apps/{app}/{id}/status?value=UP", eureka.url());
+    let body = serde_json::to_vec(&json!({"operationId": "op_floor", "event": "offline", "app": app,
+        "instances": [{"instanceId": id, "ip": ip, "port": 8080}], "issuedAt": "2026-11-22T10:00:00.000Z"}))
+    .unwrap();
+    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}/synchspeed/v1/notify", n.address())).collect();
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for i in 0..WARMUP + SAMPLES {
+        let started = Instant::now();
+        assert_eq!(client.put(&put).send().await.unwrap().status(), 200);
+        let answers = join_all(urls.iter().map(|url| {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-synchspeed-event", "offline")
+                .body(body.clone())
+                .send()
+        }))
+        .await;
+        let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+        assert!(answers.into_iter().all(|a| a.unwrap().status().is_success()));
+        if i >= WARMUP {
+            samples.push(elapsed);
+        }
+        client.delete(&delete).send().await.unwrap();
+    }
+    summary(samples)
+}
+
+/// What a deploy script with curl does today: one request after another, a new connection
+/// each time.
+async fn sequential(eureka: &EurekaDouble, app: &str, id: &str, ip: &str, nodes: &[GatewayNode]) -> f64 {
+    let body = serde_json::to_vec(&json!({"operationId": "op_seq", "event": "offline", "app": app,
+        "instances": [{"instanceId": id, "ip": ip, "port": 8080}], "issuedAt": "2026-11-22T10:00:00.000Z"}))
+    .unwrap();
+    let mut total = 0.0;
+    for _ in 0..SEQUENTIAL_RUNS {
+        let started = Instant::now();
+        let fresh = || reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+        fresh()
+            .put(format!("{}/apps/{app}/{id}/status?value=OUT_OF_SERVICE", eureka.url()))
+            .send()
+            .await
+            .unwrap();
+        for node in nodes {
+            let response = fresh()
+                .post(format!("http://{}/synchspeed/v1/notify", node.address()))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success());
+        }
+        total += started.elapsed().as_secs_f64() * 1000.0;
+        reqwest::Client::new()
+            .delete(format!("{}/apps/{app}/{id}/status?value=UP", eureka.url()))
+            .send()
+            .await
+            .unwrap();
+    }
+    total / SEQUENTIAL_RUNS as f64
+}
+
+/// 1,000 instances in one batch through 20 nodes, until every node acknowledged every one.
+async fn mass(service: &Service, nodes: &[GatewayNode]) -> f64 {
+    let targets: Vec<Value> = (0..MASS_INSTANCES).map(|i| json!({"ip": mass_ip(i)})).collect();
+    let started = Instant::now();
+    let response = client()
+        .post(format!("{}/api/v1/operations", service.base))
+        .json(&json!({"action": "offline", "targets": targets, "wait": true, "timeout": "120s"}))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let status = response.status();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
+    for node in nodes {
+        let acked: usize = node
+            .received()
+            .iter()
+            .map(|r| r.body["instances"].as_array().map_or(0, Vec::len))
+            .sum();
+        assert_eq!(acked, MASS_INSTANCES, "node {} acknowledged every instance", node.address());
+    }
+    elapsed
+}
+
+fn mass_ip(i: usize) -> String {
+    format!("10.200.{}.{}", i / 250, i % 250 + 1)
+}
+
+fn read_ip(i: usize) -> String {
+    format!("10.100.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// GET /api/v1/instances/{ip} from concurrent clients for a fixed time.
+async fn read_rps(service: &Service) -> f64 {
+    let client = client();
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(READ_SECONDS);
+    let started = Instant::now();
+    let workers = (0..READ_CLIENTS).map(|w| {
+        let client = client.clone();
+        let done = Arc::clone(&done);
+        let base = service.base.clone();
+        tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < deadline {
+                let url = format!("{base}/api/v1/instances/{}", read_ip(i % READ_INSTANCES));
+                let response = client.get(url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.bytes().await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+                i += READ_CLIENTS;
+            }
+        })
+    });
+    join_all(workers).await;
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn run() {
+    let eureka = EurekaDouble::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..100 {
+        nodes.push(GatewayNode::start(Behaviour::Ack).await);
+    }
+    let mut mass_nodes = Vec::new();
+    for _ in 0..MASS_NODES {
+        mass_nodes.push(GatewayNode::start(Behaviour::Ack).await);
+    }
+    let mut groups = Vec::new();
+    for count in NODE_COUNTS {
+        let app = format!("SVC-{count}");
+        let group = format!("GW-{count}");
+        eureka.register(&app, &format!("10.50.0.{count}:svc:8080"), &format!("10.50.0.{count}"), 8080, "UP");
+        for (i, node) in nodes.iter().take(count).enumerate() {
+            eureka.register(&group, &format!("{group}-{i}"), "127.0.0.1", node.port(), "UP");
+        }
+        groups.push((app, group));
+    }
+    for (i, node) in mass_nodes.iter().enumerate() {
+        eureka.register("GW-MASS", &format!("mass-{i}"), "127.0.0.1", node.port(), "UP");
+    }
+    groups.push(("MASS".into(), "GW-MASS".into()));
+    for i in 0..MASS_INSTANCES {
+        eureka.register("MASS", &format!("{}:mass:8080", mass_ip(i)), &mass_ip(i), 8080, "UP");
+    }
+    for i in 0..READ_INSTANCES {
+        eureka.register("READ", &format!("{}:read:8080", read_ip(i)), &read_ip(i), 8080, "UP");
+    }
+    eureka.forget_delta();
+
+    let service = start_service(&eureka, &groups).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = service.rss_mb();
+
+    let mut latency_ms = serde_json::Map::new();
+    let mut rows = Vec::new();
+    for count in NODE_COUNTS {
+        let ip = format!("10.50.0.{count}");
+        let (p50, p99) = latency(&service, &ip).await;
+        latency_ms.insert(format!("nodes_{count}"), json!({"p50": round(p50), "p99": round(p99)}));
+        rows.push((count, p50, p99));
+    }
+    let id_100 = "10.50.0.100:svc:8080";
+    let (floor_p50, floor_p99) = floor(&eureka, "SVC-100", id_100, "10.50.0.100", &nodes).await;
+    let sequential_ms = sequential(&eureka, "SVC-100", id_100, "10.50.0.100", &nodes).await;
+    let mass_seconds = mass(&service, &mass_nodes).await;
+    let rss_after_mass = service.rss_mb();
+    let reads = read_rps(&service).await;
+
+    println!("\nsynchspeed drain benchmark ({SAMPLES} samples after {WARMUP} warm-up, loopback, 2 cores)\n");
+    println!("{:<34} {:>10} {:>10}", "", "p50 ms", "p99 ms");
+    for (count, p50, p99) in &rows {
+        println!("{:<34} {:>10.3} {:>10.3}", format!("offline, wait=true, {count} nodes"), p50, p99);
+    }
+    println!("{:<34} {:>10.3} {:>10.3}", "floor (PUT + 100 concurrent)", floor_p50, floor_p99);
+    println!("{:<34} {:>10.3}", "sequential, curl-style, 100 nodes", sequential_ms);
+    println!("{:<34} {:>10.3} s", format!("mass: {MASS_INSTANCES} instances x {MASS_NODES} nodes"), mass_seconds);
+    println!("{:<34} {:>10.0}", "GET /instances/{ip} per second", reads);
+    println!("{:<34} {:>10.1} MB idle, {:.1} MB after mass", "resident memory", rss_idle, rss_after_mass);
+
+    let report = json!({
+        "latency_ms": latency_ms,
+        "floor_ms": {"nodes_100": {"p50": round(floor_p50), "p99": round(floor_p99)}},
+        "sequential_baseline_ms": {"nodes_100": round(sequential_ms)},
+        "mass": {"instances": MASS_INSTANCES, "nodes": MASS_NODES, "seconds": round(mass_seconds)},
+        "read_rps": reads.round(),
+        "rss_mb": {"idle": round(rss_idle), "after_mass": round(rss_after_mass)},
+    });
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
+    let dir = std::path::Path::new(&target).join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("drain.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("\nwritten to {}", dir.join("drain.json").display());
+}
