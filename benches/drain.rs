@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/eureka.rs"]
+#[allow(dead_code)]
 mod eureka;
 #[path = "../tests/support/gateway.rs"]
 #[allow(dead_code)]
@@ -15,14 +16,14 @@ mod gateway;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use eureka::EurekaDouble;
 use futures::future::join_all;
 use gateway::{Behaviour, GatewayNode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const NODE_COUNTS: [usize; 3] = [1, 10, 100];
 const WARMUP: usize = 30;
@@ -51,7 +52,8 @@ struct Service {
 
 impl Service {
     fn rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -69,7 +71,11 @@ impl Drop for Service {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -123,7 +129,10 @@ async fn start_service(eureka: &EurekaDouble, groups: &[(String, String)]) -> Se
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "the service did not become ready");
+        assert!(
+            Instant::now() < deadline,
+            "the service did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     service
@@ -148,7 +157,12 @@ async fn latency(service: &Service, ip: &str) -> (f64, f64) {
         let started = Instant::now();
         let response = client.post(&offline).send().await.unwrap();
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
         if i >= WARMUP {
             samples.push(elapsed);
         }
@@ -159,14 +173,26 @@ async fn latency(service: &Service, ip: &str) -> (f64, f64) {
 
 /// The same work done directly: the registry PUT, then every node concurrently on a warm
 /// keep-alive pool. Nothing can be faster without skipping a step.
-async fn floor(eureka: &EurekaDouble, app: &str, id: &str, ip: &str, nodes: &[GatewayNode]) -> (f64, f64) {
+async fn floor(
+    eureka: &EurekaDouble,
+    app: &str,
+    id: &str,
+    ip: &str,
+    nodes: &[GatewayNode],
+) -> (f64, f64) {
     let client = client();
-    let put = format!("{}/apps/{app}/{id}/status?value=OUT_OF_SERVICE", eureka.url());
+    let put = format!(
+        "{}/apps/{app}/{id}/status?value=OUT_OF_SERVICE",
+        eureka.url()
+    );
     let delete = format!("{}/apps/{app}/{id}/status?value=UP", eureka.url());
     let body = serde_json::to_vec(&json!({"operationId": "op_floor", "event": "offline", "app": app,
         "instances": [{"instanceId": id, "ip": ip, "port": 8080}], "issuedAt": "2026-11-22T10:00:00.000Z"}))
     .unwrap();
-    let urls: Vec<String> = nodes.iter().map(|n| format!("http://{}/synchspeed/v1/notify", n.address())).collect();
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}/synchspeed/v1/notify", n.address()))
+        .collect();
     let mut samples = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
         let started = Instant::now();
@@ -181,7 +207,11 @@ async fn floor(eureka: &EurekaDouble, app: &str, id: &str, ip: &str, nodes: &[Ga
         }))
         .await;
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-        assert!(answers.into_iter().all(|a| a.unwrap().status().is_success()));
+        assert!(
+            answers
+                .into_iter()
+                .all(|a| a.unwrap().status().is_success())
+        );
         if i >= WARMUP {
             samples.push(elapsed);
         }
@@ -192,16 +222,31 @@ async fn floor(eureka: &EurekaDouble, app: &str, id: &str, ip: &str, nodes: &[Ga
 
 /// What a deploy script with curl does today: one request after another, a new connection
 /// each time.
-async fn sequential(eureka: &EurekaDouble, app: &str, id: &str, ip: &str, nodes: &[GatewayNode]) -> f64 {
+async fn sequential(
+    eureka: &EurekaDouble,
+    app: &str,
+    id: &str,
+    ip: &str,
+    nodes: &[GatewayNode],
+) -> f64 {
     let body = serde_json::to_vec(&json!({"operationId": "op_seq", "event": "offline", "app": app,
         "instances": [{"instanceId": id, "ip": ip, "port": 8080}], "issuedAt": "2026-11-22T10:00:00.000Z"}))
     .unwrap();
     let mut total = 0.0;
     for _ in 0..SEQUENTIAL_RUNS {
         let started = Instant::now();
-        let fresh = || reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+        let fresh = || {
+            reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap()
+        };
         fresh()
-            .put(format!("{}/apps/{app}/{id}/status?value=OUT_OF_SERVICE", eureka.url()))
+            .put(format!(
+                "{}/apps/{app}/{id}/status?value=OUT_OF_SERVICE",
+                eureka.url()
+            ))
             .send()
             .await
             .unwrap();
@@ -227,7 +272,9 @@ async fn sequential(eureka: &EurekaDouble, app: &str, id: &str, ip: &str, nodes:
 
 /// 1,000 instances in one batch through 20 nodes, until every node acknowledged every one.
 async fn mass(service: &Service, nodes: &[GatewayNode]) -> f64 {
-    let targets: Vec<Value> = (0..MASS_INSTANCES).map(|i| json!({"ip": mass_ip(i)})).collect();
+    let targets: Vec<Value> = (0..MASS_INSTANCES)
+        .map(|i| json!({"ip": mass_ip(i)}))
+        .collect();
     let started = Instant::now();
     let response = client()
         .post(format!("{}/api/v1/operations", service.base))
@@ -244,7 +291,12 @@ async fn mass(service: &Service, nodes: &[GatewayNode]) -> f64 {
             .iter()
             .map(|r| r.body["instances"].as_array().map_or(0, Vec::len))
             .sum();
-        assert_eq!(acked, MASS_INSTANCES, "node {} acknowledged every instance", node.address());
+        assert_eq!(
+            acked,
+            MASS_INSTANCES,
+            "node {} acknowledged every instance",
+            node.address()
+        );
     }
     elapsed
 }
@@ -297,21 +349,51 @@ async fn run() {
     for count in NODE_COUNTS {
         let app = format!("SVC-{count}");
         let group = format!("GW-{count}");
-        eureka.register(&app, &format!("10.50.0.{count}:svc:8080"), &format!("10.50.0.{count}"), 8080, "UP");
+        eureka.register(
+            &app,
+            &format!("10.50.0.{count}:svc:8080"),
+            &format!("10.50.0.{count}"),
+            8080,
+            "UP",
+        );
         for (i, node) in nodes.iter().take(count).enumerate() {
-            eureka.register(&group, &format!("{group}-{i}"), "127.0.0.1", node.port(), "UP");
+            eureka.register(
+                &group,
+                &format!("{group}-{i}"),
+                "127.0.0.1",
+                node.port(),
+                "UP",
+            );
         }
         groups.push((app, group));
     }
     for (i, node) in mass_nodes.iter().enumerate() {
-        eureka.register("GW-MASS", &format!("mass-{i}"), "127.0.0.1", node.port(), "UP");
+        eureka.register(
+            "GW-MASS",
+            &format!("mass-{i}"),
+            "127.0.0.1",
+            node.port(),
+            "UP",
+        );
     }
     groups.push(("MASS".into(), "GW-MASS".into()));
     for i in 0..MASS_INSTANCES {
-        eureka.register("MASS", &format!("{}:mass:8080", mass_ip(i)), &mass_ip(i), 8080, "UP");
+        eureka.register(
+            "MASS",
+            &format!("{}:mass:8080", mass_ip(i)),
+            &mass_ip(i),
+            8080,
+            "UP",
+        );
     }
     for i in 0..READ_INSTANCES {
-        eureka.register("READ", &format!("{}:read:8080", read_ip(i)), &read_ip(i), 8080, "UP");
+        eureka.register(
+            "READ",
+            &format!("{}:read:8080", read_ip(i)),
+            &read_ip(i),
+            8080,
+            "UP",
+        );
     }
     eureka.forget_delta();
 
@@ -324,7 +406,10 @@ async fn run() {
     for count in NODE_COUNTS {
         let ip = format!("10.50.0.{count}");
         let (p50, p99) = latency(&service, &ip).await;
-        latency_ms.insert(format!("nodes_{count}"), json!({"p50": round(p50), "p99": round(p99)}));
+        latency_ms.insert(
+            format!("nodes_{count}"),
+            json!({"p50": round(p50), "p99": round(p99)}),
+        );
         rows.push((count, p50, p99));
     }
     let id_100 = "10.50.0.100:svc:8080";
@@ -334,16 +419,36 @@ async fn run() {
     let rss_after_mass = service.rss_mb();
     let reads = read_rps(&service).await;
 
-    println!("\nsynchspeed drain benchmark ({SAMPLES} samples after {WARMUP} warm-up, loopback, 2 cores)\n");
+    println!(
+        "\nsynchspeed drain benchmark ({SAMPLES} samples after {WARMUP} warm-up, loopback, 2 cores)\n"
+    );
     println!("{:<34} {:>10} {:>10}", "", "p50 ms", "p99 ms");
     for (count, p50, p99) in &rows {
-        println!("{:<34} {:>10.3} {:>10.3}", format!("offline, wait=true, {count} nodes"), p50, p99);
+        println!(
+            "{:<34} {:>10.3} {:>10.3}",
+            format!("offline, wait=true, {count} nodes"),
+            p50,
+            p99
+        );
     }
-    println!("{:<34} {:>10.3} {:>10.3}", "floor (PUT + 100 concurrent)", floor_p50, floor_p99);
-    println!("{:<34} {:>10.3}", "sequential, curl-style, 100 nodes", sequential_ms);
-    println!("{:<34} {:>10.3} s", format!("mass: {MASS_INSTANCES} instances x {MASS_NODES} nodes"), mass_seconds);
+    println!(
+        "{:<34} {:>10.3} {:>10.3}",
+        "floor (PUT + 100 concurrent)", floor_p50, floor_p99
+    );
+    println!(
+        "{:<34} {:>10.3}",
+        "sequential, curl-style, 100 nodes", sequential_ms
+    );
+    println!(
+        "{:<34} {:>10.3} s",
+        format!("mass: {MASS_INSTANCES} instances x {MASS_NODES} nodes"),
+        mass_seconds
+    );
     println!("{:<34} {:>10.0}", "GET /instances/{ip} per second", reads);
-    println!("{:<34} {:>10.1} MB idle, {:.1} MB after mass", "resident memory", rss_idle, rss_after_mass);
+    println!(
+        "{:<34} {:>10.1} MB idle, {:.1} MB after mass",
+        "resident memory", rss_idle, rss_after_mass
+    );
 
     let report = json!({
         "latency_ms": latency_ms,
@@ -353,9 +458,14 @@ async fn run() {
         "read_rps": reads.round(),
         "rss_mb": {"idle": round(rss_idle), "after_mass": round(rss_after_mass)},
     });
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
     let dir = std::path::Path::new(&target).join("bench");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("drain.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("drain.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
     println!("\nwritten to {}", dir.join("drain.json").display());
 }

@@ -72,19 +72,23 @@ impl Application {
             ),
         };
         let notifier = Arc::new(WebhookNotifier::new(&settings.gateway, http.clone()));
-        let orchestrator = Arc::new(Orchestrator::new(Parts {
-            registry: Arc::clone(&registry),
-            groups: Arc::new(StaticGroups::new(settings.groups.routes.clone())),
-            nodes: NodeDirectory::new(
-                settings.gateway.nodes.clone(),
-                Arc::clone(&registry),
-                settings.gateway.port_metadata_key.clone(),
-            ),
-            fanout: FanOut::new(notifier, settings.gateway.concurrency),
-            store: Arc::clone(&store),
-            metrics: Arc::clone(&metrics),
-            settings: settings.drain.clone(),
-        }));
+        let orchestrator = Arc::new(
+            Orchestrator::open(Parts {
+                registry: Arc::clone(&registry),
+                groups: Arc::new(StaticGroups::new(settings.groups.routes.clone())),
+                nodes: NodeDirectory::new(
+                    settings.gateway.nodes.clone(),
+                    Arc::clone(&registry),
+                    settings.gateway.port_metadata_key.clone(),
+                ),
+                fanout: FanOut::new(notifier, settings.gateway.concurrency),
+                store: Arc::clone(&store),
+                metrics: Arc::clone(&metrics),
+                settings: settings.drain.clone(),
+            })
+            .await
+            .context("loading the desired state")?,
+        );
         let recovered = orchestrator
             .recover_unfinished()
             .await

@@ -12,6 +12,7 @@ CREATE TABLE operations (
 );
 CREATE INDEX operations_state ON operations (state, id);
 CREATE INDEX operations_ip ON operations (ip, id);
+CREATE INDEX operations_app ON operations (app, id);
 
 -- Which instances an operation touched, for `?ip=` and `?app=` over batches and resolved apps.
 CREATE TABLE operation_instances (
@@ -22,8 +23,8 @@ CREATE TABLE operation_instances (
     port         INTEGER NOT NULL,
     PRIMARY KEY (operation_id, app, instance_id)
 );
-CREATE INDEX operation_instances_ip ON operation_instances (ip);
-CREATE INDEX operation_instances_app ON operation_instances (app);
+CREATE INDEX operation_instances_ip ON operation_instances (ip, operation_id);
+CREATE INDEX operation_instances_app ON operation_instances (app, operation_id);
 
 -- Desired state: the instances synchspeed holds out of service, by registry identity.
 CREATE TABLE holds (

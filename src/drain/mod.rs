@@ -5,6 +5,7 @@
 //! only if all of them took it are gateways told anything. If one is refused, the others are
 //! put back and the operation fails with nothing notified.
 
+mod index;
 mod plan;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
+use index::{HoldIndex, LastOperationIndex};
 pub use plan::{Plan, describe};
 
 use crate::config::DrainSettings;
@@ -111,6 +113,10 @@ pub struct Orchestrator {
     in_flight: Arc<Semaphore>,
     /// Every background fan-out, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// The desired state, mirrored in memory for reads.
+    holds: HoldIndex,
+    /// Newest operation per IP, for reads.
+    last_operations: LastOperationIndex,
 }
 
 /// Dependencies of the orchestrator, built by `startup`.
@@ -125,8 +131,11 @@ pub struct Parts {
 }
 
 impl Orchestrator {
-    pub fn new(parts: Parts) -> Self {
-        Self {
+    /// Builds the orchestrator and loads its read views from the store.
+    pub async fn open(parts: Parts) -> Result<Self, StoreError> {
+        let holds = HoldIndex::load(parts.store.holds().await?);
+        let last_operations = LastOperationIndex::load(parts.store.last_operation_ids().await?);
+        Ok(Self {
             in_flight: Arc::new(Semaphore::new(parts.settings.max_in_flight)),
             registry: parts.registry,
             groups: parts.groups,
@@ -137,7 +146,9 @@ impl Orchestrator {
             settings: parts.settings,
             live: Arc::default(),
             tasks: TaskTracker::new(),
-        }
+            holds,
+            last_operations,
+        })
     }
 
     pub fn settings(&self) -> &DrainSettings {
@@ -150,6 +161,26 @@ impl Orchestrator {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Every instance held out of service, oldest first.
+    pub fn holds(&self) -> Vec<Hold> {
+        self.holds.all()
+    }
+
+    pub fn holds_on(&self, ip: std::net::IpAddr) -> Vec<Hold> {
+        self.holds.on_ip(ip)
+    }
+
+    /// The newest operation that touched `ip`, if any.
+    pub async fn last_operation_on(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> Result<Option<Operation>, StoreError> {
+        match self.last_operations.get(ip) {
+            Some(id) => self.operation(&id).await,
+            None => Ok(None),
+        }
     }
 
     /// An operation, live if its fan-out is running, else from the store.
@@ -178,7 +209,8 @@ impl Orchestrator {
         let plan = self.plan(&request.targets).await?;
         let mut operation = new_operation(&request, &plan);
         // Journal before the first side effect.
-        self.store.save_operation(&operation).await?;
+        self.store.insert_operation(&operation).await?;
+        self.last_operations.record(&operation);
         self.metrics.operations_in_flight.inc();
         let span =
             tracing::info_span!("operation", id = %operation.id, action = request.action.as_str());
@@ -247,7 +279,7 @@ impl Orchestrator {
             if let Err(e) = self.record_desired_state(operation, plan, action).await {
                 error!(operation = %operation.id, "cannot record the desired state: {e}");
             }
-            if let Err(e) = self.store.save_operation(operation).await {
+            if let Err(e) = self.store.update_operation(operation).await {
                 error!(operation = %operation.id, "cannot journal the registry step: {e}");
             }
             return Ok(());
@@ -281,7 +313,7 @@ impl Orchestrator {
             code: code.into(),
             message: message.clone(),
         });
-        if let Err(e) = self.store.save_operation(operation).await {
+        if let Err(e) = self.store.update_operation(operation).await {
             error!(operation = %operation.id, "cannot record the failed operation: {e}");
         }
         warn!(operation = %operation.id, "registry step failed, no gateway notified: {message}");
@@ -344,10 +376,13 @@ impl Orchestrator {
                         since: Utc::now(),
                     })
                     .collect();
+                // Memory first: the registry has changed whatever the store says next.
+                self.holds.put(&holds);
                 self.store.put_holds(&holds).await
             }
             Action::Online => {
                 let keys: Vec<_> = plan.instances.iter().map(Instance::key).collect();
+                self.holds.release(&keys);
                 self.store.release_holds(&keys).await
             }
         }
@@ -404,11 +439,12 @@ impl Orchestrator {
                     }
                 });
             }
-            // The settled record is journaled and counted before anyone sees it settle, so a
-            // caller answered "succeeded" can rely on the audit trail and the metrics.
+            // Journaled and counted before anyone sees it settle: a caller answered
+            // "succeeded" can rely on the audit trail (list queries read the store) and the
+            // metrics.
             let mut settled = sender.borrow().clone();
             settled.settle(Utc::now());
-            if let Err(e) = store.save_operation(&settled).await {
+            if let Err(e) = store.update_operation(&settled).await {
                 error!(operation = %settled.id, "cannot record the settled operation: {e}");
             }
             record_settled(&metrics, &settled);
@@ -447,7 +483,7 @@ impl Orchestrator {
                 operation.settle(now);
             }
             warn!(operation = %operation.id, state = operation.state.as_str(), "operation left unfinished by a previous run closed");
-            self.store.save_operation(&operation).await?;
+            self.store.update_operation(&operation).await?;
         }
         Ok(count)
     }
@@ -533,13 +569,13 @@ fn notifications(
     by_app
         .into_iter()
         .map(|(app, instances)| {
-            let notification = Notification {
-                operation_id: operation.id.clone(),
-                event: operation.action,
-                app: app.clone(),
+            let notification = Notification::new(
+                operation.id.clone(),
+                operation.action,
+                app.clone(),
                 instances,
                 issued_at,
-            };
+            );
             (app, Arc::new(notification))
         })
         .collect()

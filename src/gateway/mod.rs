@@ -8,6 +8,7 @@ pub mod nodes;
 pub mod webhook;
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ pub struct GatewayNode {
 }
 
 /// What a node is told: the contract's notification body (`shared/spec/api.md` §3).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     pub operation_id: OperationId,
@@ -35,6 +36,37 @@ pub struct Notification {
     pub instances: Vec<NotifiedInstance>,
     #[serde(with = "millis")]
     pub issued_at: DateTime<Utc>,
+    /// The JSON body, serialized once and shared by every node that hears it.
+    #[serde(skip)]
+    encoded: OnceLock<bytes::Bytes>,
+}
+
+impl Notification {
+    pub fn new(
+        operation_id: OperationId,
+        event: Action,
+        app: AppName,
+        instances: Vec<NotifiedInstance>,
+        issued_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            operation_id,
+            event,
+            app,
+            instances,
+            issued_at,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The raw JSON body (what a signature covers).
+    pub fn body(&self) -> Result<bytes::Bytes, serde_json::Error> {
+        if let Some(body) = self.encoded.get() {
+            return Ok(body.clone());
+        }
+        let body = bytes::Bytes::from(serde_json::to_vec(self)?);
+        Ok(self.encoded.get_or_init(|| body).clone())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

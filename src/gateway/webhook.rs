@@ -110,8 +110,8 @@ impl WebhookNotifier {
 impl Notifier for WebhookNotifier {
     async fn notify(&self, node: &GatewayNode, notification: &Notification) -> Delivery {
         let started = Instant::now();
-        let body = match serde_json::to_vec(notification) {
-            Ok(body) => bytes::Bytes::from(body),
+        let body = match notification.body() {
+            Ok(body) => body,
             Err(e) => {
                 return Delivery {
                     acked: false,

@@ -16,7 +16,6 @@ use super::options::{self, InstanceOptions};
 use crate::domain::ip::parse_ip;
 use crate::domain::{Action, AppName, Caller, Hold, Operation, Status, Target};
 use crate::drain::DrainRequest;
-use crate::store::OperationFilter;
 
 fn path_ip(raw: &str) -> Result<IpAddr, ApiError> {
     parse_ip(raw).map_err(|e| ApiError::bad_request("invalid_ip", e.to_string()))
@@ -147,23 +146,8 @@ pub async fn get_instance(
     let ip = path_ip(&ip)?;
     let orchestrator = &state.orchestrator;
     let registered = orchestrator.registry().instances_on(ip).await?;
-    let held: Vec<Hold> = orchestrator
-        .store()
-        .holds()
-        .await?
-        .into_iter()
-        .filter(|hold| hold.ip == ip)
-        .collect();
-    let last_operation = orchestrator
-        .store()
-        .operations(&OperationFilter {
-            ip: Some(ip),
-            limit: 1,
-            ..OperationFilter::default()
-        })
-        .await?
-        .into_iter()
-        .next();
+    let held = orchestrator.holds_on(ip);
+    let last_operation = orchestrator.last_operation_on(ip).await?;
     if registered.is_empty() && held.is_empty() && last_operation.is_none() {
         return Err(ApiError::NotFound {
             code: "instance_not_found",

@@ -17,6 +17,7 @@ pub struct HeldList {
 /// Instances synchspeed currently holds out of service.
 #[utoipa::path(get, path = "/api/v1/offline", tag = "instances", responses((status = 200, body = HeldList)))]
 pub async fn list_offline(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let instances = state.orchestrator.store().holds().await?;
-    Ok(ok(HeldList { instances }))
+    Ok(ok(HeldList {
+        instances: state.orchestrator.holds(),
+    }))
 }

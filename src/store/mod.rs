@@ -37,12 +37,18 @@ pub struct OperationFilter {
 pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Inserts or replaces an operation (the whole record, with its instances).
-    async fn save_operation(&self, operation: &Operation) -> Result<(), StoreError>;
+    /// Journals a new operation with the instances it touches.
+    async fn insert_operation(&self, operation: &Operation) -> Result<(), StoreError>;
+
+    /// Replaces the record of a journaled operation (its instances do not change).
+    async fn update_operation(&self, operation: &Operation) -> Result<(), StoreError>;
 
     async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
 
     async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError>;
+
+    /// For every IP, the newest operation that touched it (target or instance).
+    async fn last_operation_ids(&self) -> Result<Vec<(IpAddr, OperationId)>, StoreError>;
 
     /// Operations still `in_progress` (left by a process that stopped mid-way).
     async fn unfinished_operations(&self) -> Result<Vec<Operation>, StoreError>;

@@ -1,6 +1,7 @@
 //! The SQLite store: one file, WAL journal, migrations embedded in the binary.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -55,6 +56,11 @@ impl SqliteStore {
     }
 }
 
+fn encode_operation(operation: &Operation) -> Result<String, StoreError> {
+    serde_json::to_string(operation)
+        .map_err(|e| StoreError::Corrupt(format!("operation does not serialize: {e}")))
+}
+
 fn decode_operation(body: &str) -> Result<Operation, StoreError> {
     serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("operation: {e}")))
 }
@@ -73,16 +79,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn save_operation(&self, operation: &Operation) -> Result<(), StoreError> {
-        let body = serde_json::to_string(operation)
-            .map_err(|e| StoreError::Corrupt(format!("operation does not serialize: {e}")))?;
+    async fn insert_operation(&self, operation: &Operation) -> Result<(), StoreError> {
+        let body = encode_operation(operation)?;
         let id = operation.id.to_string();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO operations (id, action, state, ip, app, created_at, updated_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state,
-                 updated_at = excluded.updated_at, body = excluded.body",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .bind(&id)
         .bind(operation.action.as_str())
@@ -96,7 +99,7 @@ impl Store for SqliteStore {
         .await?;
         for instance in &operation.instances {
             sqlx::query(
-                "INSERT OR IGNORE INTO operation_instances (operation_id, app, instance_id, ip, port)
+                "INSERT INTO operation_instances (operation_id, app, instance_id, ip, port)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .bind(&id)
@@ -108,6 +111,25 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_operation(&self, operation: &Operation) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE operations SET state = ?2, updated_at = ?3, body = ?4 WHERE id = ?1",
+        )
+        .bind(operation.id.to_string())
+        .bind(operation.state.as_str())
+        .bind(millis::format(&Utc::now()))
+        .bind(encode_operation(operation)?)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "operation {} was never journaled",
+                operation.id
+            )));
+        }
         Ok(())
     }
 
@@ -123,10 +145,12 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT o.body FROM operations o
              WHERE (?1 IS NULL OR o.state = ?1)
-               AND (?2 IS NULL OR o.ip = ?2 OR EXISTS (
-                     SELECT 1 FROM operation_instances i WHERE i.operation_id = o.id AND i.ip = ?2))
-               AND (?3 IS NULL OR o.app = ?3 OR EXISTS (
-                     SELECT 1 FROM operation_instances i WHERE i.operation_id = o.id AND i.app = ?3))
+               AND (?2 IS NULL OR o.id IN (
+                     SELECT id FROM operations WHERE ip = ?2
+                     UNION SELECT operation_id FROM operation_instances WHERE ip = ?2))
+               AND (?3 IS NULL OR o.id IN (
+                     SELECT id FROM operations WHERE app = ?3
+                     UNION SELECT operation_id FROM operation_instances WHERE app = ?3))
              ORDER BY o.id DESC
              LIMIT ?4",
         )
@@ -138,6 +162,30 @@ impl Store for SqliteStore {
         .await?;
         rows.iter()
             .map(|row| decode_operation(row.get("body")))
+            .collect()
+    }
+
+    async fn last_operation_ids(&self) -> Result<Vec<(IpAddr, OperationId)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ip, MAX(id) AS id FROM (
+                 SELECT ip, id FROM operations
+                 UNION ALL
+                 SELECT ip, operation_id AS id FROM operation_instances)
+             GROUP BY ip",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let ip: String = row.get("ip");
+                let id: String = row.get("id");
+                Ok((
+                    ip.parse()
+                        .map_err(|e| StoreError::Corrupt(format!("operation ip '{ip}': {e}")))?,
+                    id.parse()
+                        .map_err(|e| StoreError::Corrupt(format!("operation id: {e}")))?,
+                ))
+            })
             .collect()
     }
 

@@ -1,0 +1,103 @@
+//! In-memory views the read path serves from, kept in step with every store write so that
+//! `GET /api/v1/instances/{ip}` and `GET /api/v1/offline` never scan the store: the desired
+//! state (holds) and, per IP, the newest operation that touched it. Loaded from the store at
+//! start.
+//!
+//! One process owns these views; several replicas sharing a PostgreSQL store would need to
+//! refresh them from the store instead.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::RwLock;
+
+use crate::domain::{Hold, InstanceKey, Operation, OperationId};
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Every critical section is one complete map operation: a poisoned lock is consistent.
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The instances held out of service.
+#[derive(Debug, Default)]
+pub struct HoldIndex {
+    holds: RwLock<HashMap<InstanceKey, Hold>>,
+}
+
+impl HoldIndex {
+    pub fn load(holds: Vec<Hold>) -> Self {
+        Self {
+            holds: RwLock::new(holds.into_iter().map(|h| (h.key(), h)).collect()),
+        }
+    }
+
+    pub fn put(&self, holds: &[Hold]) {
+        let mut map = write(&self.holds);
+        for hold in holds {
+            map.insert(hold.key(), hold.clone());
+        }
+    }
+
+    pub fn release(&self, keys: &[InstanceKey]) {
+        let mut map = write(&self.holds);
+        for key in keys {
+            map.remove(key);
+        }
+    }
+
+    /// Every hold, oldest first.
+    pub fn all(&self) -> Vec<Hold> {
+        let mut holds: Vec<Hold> = read(&self.holds).values().cloned().collect();
+        holds.sort_by(|a, b| {
+            (a.since, &a.app, &a.instance_id).cmp(&(b.since, &b.app, &b.instance_id))
+        });
+        holds
+    }
+
+    pub fn on_ip(&self, ip: IpAddr) -> Vec<Hold> {
+        // Holds are few (what is out of service right now); a scan beats a second index.
+        read(&self.holds)
+            .values()
+            .filter(|h| h.ip == ip)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Per IP, the id of the newest operation whose target or instances are on it.
+#[derive(Debug, Default)]
+pub struct LastOperationIndex {
+    by_ip: RwLock<HashMap<IpAddr, OperationId>>,
+}
+
+impl LastOperationIndex {
+    pub fn load(entries: Vec<(IpAddr, OperationId)>) -> Self {
+        Self {
+            by_ip: RwLock::new(entries.into_iter().collect()),
+        }
+    }
+
+    /// Records an operation; ids sort by creation time, so the newest wins whatever the order
+    /// of the writes.
+    pub fn record(&self, operation: &Operation) {
+        let ips = std::iter::once(operation.target.ip)
+            .chain(operation.targets.iter().map(|t| t.ip))
+            .chain(operation.instances.iter().map(|i| i.ip));
+        let mut map = write(&self.by_ip);
+        for ip in ips {
+            let newer = map.get(&ip).is_none_or(|current| *current < operation.id);
+            if newer {
+                map.insert(ip, operation.id.clone());
+            }
+        }
+    }
+
+    pub fn get(&self, ip: IpAddr) -> Option<OperationId> {
+        read(&self.by_ip).get(&ip).cloned()
+    }
+}
