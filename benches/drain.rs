@@ -124,10 +124,10 @@ async fn start_service(eureka: &EurekaDouble, groups: &[(String, String)]) -> Se
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(r) = client.get(format!("{}/readyz", service.base)).send().await {
-            if r.status() == 200 {
-                break;
-            }
+        if let Ok(r) = client.get(format!("{}/readyz", service.base)).send().await
+            && r.status() == 200
+        {
+            break;
         }
         assert!(
             Instant::now() < deadline,

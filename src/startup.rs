@@ -111,6 +111,11 @@ impl Application {
             let token = shutdown.clone();
             async move { registry.run(token).await }
         });
+        background.spawn({
+            let store = sqlite.clone();
+            let token = shutdown.clone();
+            async move { store.run_checkpoints(Duration::from_secs(1), token).await }
+        });
         let app = router(AppState {
             orchestrator: Arc::clone(&orchestrator),
             security: Arc::new(settings.security.clone()),

@@ -125,6 +125,9 @@ impl EurekaRegistry {
                     }
                     mirror.statuses.insert(key.clone(), info.status());
                     match info.to_instance(&app.name) {
+                        // The same change shows up in every delta for 3 minutes: skip what
+                        // the copy already has, so a busy registry costs no cache writes.
+                        Ok(instance) if self.cache.get(&key).as_ref() == Some(&instance) => {}
                         Ok(instance) => upserts.push(instance),
                         Err(why) => {
                             // It may have been indexable before; it is not any more.
