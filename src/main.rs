@@ -8,10 +8,6 @@ use synchspeed::config::Settings;
 use synchspeed::startup::Application;
 use synchspeed::telemetry;
 
-/// Returns freed memory to the OS (see Cargo.toml).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// sysexits.h EX_CONFIG: the configuration is unusable.
 const EXIT_CONFIG: u8 = 64;
 

@@ -45,6 +45,9 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(60))
+        // Enough idle connections per peer for the bounded registry writes and a busy
+        // gateway node; a burst beyond it closes its extra sockets instead of keeping them.
+        .pool_max_idle_per_host(32)
         .tcp_nodelay(true)
         .user_agent(concat!("synchspeed/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use futures::future::join_all;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
@@ -34,6 +33,9 @@ use crate::groups::{GroupSource, GroupsError};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Metrics, NotificationLabels, OperationLabels};
+
+/// Registry writes one operation keeps in flight at once.
+const REGISTRY_WRITES_IN_FLIGHT: usize = 32;
 
 /// One offline or online request, parsed.
 #[derive(Debug, Clone)]
@@ -247,12 +249,13 @@ impl Orchestrator {
         action: Action,
     ) -> Result<(), DrainError> {
         let status = action.target_status();
-        let results = join_all(
-            plan.instances
-                .iter()
-                .map(|instance| self.registry.set_status(instance, status)),
-        )
-        .await;
+        // Bounded: a batch of a thousand instances must not open a thousand connections to
+        // the registry at once (it slows the registry and pins the memory of idle sockets).
+        let results: Vec<_> = futures::stream::iter(&plan.instances)
+            .map(|instance| self.registry.set_status(instance, status))
+            .buffered(REGISTRY_WRITES_IN_FLIGHT)
+            .collect()
+            .await;
         let mut failures = Vec::new();
         for ((result, instance), record) in results
             .into_iter()
