@@ -251,8 +251,12 @@ impl Orchestrator {
         let status = action.target_status();
         // Bounded: a batch of a thousand instances must not open a thousand connections to
         // the registry at once (it slows the registry and pins the memory of idle sockets).
-        let results: Vec<_> = futures::stream::iter(&plan.instances)
+        let writes: Vec<_> = plan
+            .instances
+            .iter()
             .map(|instance| self.registry.set_status(instance, status))
+            .collect();
+        let results: Vec<_> = futures::stream::iter(writes)
             .buffered(REGISTRY_WRITES_IN_FLIGHT)
             .collect()
             .await;
