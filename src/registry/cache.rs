@@ -9,7 +9,10 @@ use crate::domain::{AppName, Instance, InstanceKey, Status};
 #[derive(Debug, Default)]
 struct Indexed {
     by_key: HashMap<InstanceKey, Instance>,
-    by_ip: HashMap<IpAddr, BTreeSet<InstanceKey>>,
+    /// Nearly always one instance per IP: a `Vec` of one costs one key, where a one-element
+    /// `BTreeSet` allocates a whole node (eleven slots); with 10,000 instances that was most of
+    /// the cache's memory.
+    by_ip: HashMap<IpAddr, Vec<InstanceKey>>,
     by_app: HashMap<AppName, BTreeSet<InstanceKey>>,
     loaded: bool,
 }
@@ -18,10 +21,8 @@ impl Indexed {
     fn insert(&mut self, instance: Instance) {
         let key = instance.key();
         self.remove(&key);
-        self.by_ip
-            .entry(instance.ip)
-            .or_default()
-            .insert(key.clone());
+        // `remove` above took any old entry out, so the key is not there twice.
+        self.by_ip.entry(instance.ip).or_default().push(key.clone());
         self.by_app
             .entry(instance.app.clone())
             .or_default()
@@ -32,7 +33,7 @@ impl Indexed {
     fn remove(&mut self, key: &InstanceKey) -> Option<Instance> {
         let old = self.by_key.remove(key)?;
         if let Some(keys) = self.by_ip.get_mut(&old.ip) {
-            keys.remove(key);
+            keys.retain(|k| k != key);
             if keys.is_empty() {
                 self.by_ip.remove(&old.ip);
             }
