@@ -8,14 +8,7 @@ use crate::support::eureka::EurekaDouble;
 use crate::support::gateway::{Behaviour, GatewayNode};
 
 async fn app_with_one_instance() -> (EurekaDouble, TestApp) {
-    let eureka = EurekaDouble::start().await;
-    eureka.register(
-        "ORDER-SERVICE",
-        "10.0.0.5:order-service:8080",
-        "10.0.0.5",
-        8080,
-        "UP",
-    );
+    let eureka = EurekaDouble::with_order_service().await;
     let app = TestApp::spawn(TestConfig::eureka(&[eureka.url()]).server("body_limit = 1024")).await;
     (eureka, app)
 }
@@ -122,14 +115,7 @@ async fn bodies_over_the_limit_are_413() {
 #[tokio::test]
 async fn past_the_in_flight_cap_callers_get_429_with_retry_after() {
     let hanging = GatewayNode::start(Behaviour::Hang).await;
-    let eureka = EurekaDouble::start().await;
-    eureka.register(
-        "ORDER-SERVICE",
-        "10.0.0.5:order-service:8080",
-        "10.0.0.5",
-        8080,
-        "UP",
-    );
+    let eureka = EurekaDouble::with_order_service().await;
     eureka.register(
         "ORDER-SERVICE",
         "10.0.0.6:order-service:8080",

@@ -6,18 +6,6 @@ use serde_json::Value;
 use crate::helpers::{TestApp, TestConfig, error_code};
 use crate::support::eureka::EurekaDouble;
 
-async fn registry() -> EurekaDouble {
-    let eureka = EurekaDouble::start().await;
-    eureka.register(
-        "ORDER-SERVICE",
-        "10.0.0.5:order-service:8080",
-        "10.0.0.5",
-        8080,
-        "UP",
-    );
-    eureka
-}
-
 const DRY_RUN: &str = "/api/v1/instances/10.0.0.5/offline?dry_run=true";
 
 async fn dry_run_with(app: &TestApp, base: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -30,7 +18,7 @@ async fn dry_run_with(app: &TestApp, base: &str, headers: &[(&str, &str)]) -> re
 
 #[tokio::test]
 async fn denied_and_unlisted_callers_get_403_and_probes_stay_open() {
-    let eureka = registry().await;
+    let eureka = EurekaDouble::with_order_service().await;
     let app = TestApp::spawn(
         TestConfig::eureka(&[eureka.url()])
             .security("allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.1/32\"]"),
@@ -61,7 +49,7 @@ async fn denied_and_unlisted_callers_get_403_and_probes_stay_open() {
 
 #[tokio::test]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
-    let eureka = registry().await;
+    let eureka = EurekaDouble::with_order_service().await;
     let trusting = TestApp::spawn(
         TestConfig::eureka(&[eureka.url()])
             .security("allow = [\"10.0.0.0/8\"]\ntrusted_proxies = [\"127.0.0.1/32\"]"),
@@ -108,7 +96,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 
 #[tokio::test]
 async fn ipv4_callers_of_a_dual_stack_listener_are_judged_as_ipv4() {
-    let eureka = registry().await;
+    let eureka = EurekaDouble::with_order_service().await;
     let mut config = TestConfig::eureka(&[eureka.url()]).security("allow = [\"127.0.0.0/8\"]");
     config.listen = "[::]:0".into();
     let app = TestApp::spawn(config).await;
@@ -124,7 +112,7 @@ async fn ipv4_callers_of_a_dual_stack_listener_are_judged_as_ipv4() {
 
 #[tokio::test]
 async fn tokens_are_required_when_configured_and_name_the_principal() {
-    let eureka = registry().await;
+    let eureka = EurekaDouble::with_order_service().await;
     let app = TestApp::spawn(TestConfig::eureka(&[eureka.url()]).security(
         "allow = [\"127.0.0.0/8\"]\ntokens = [{ principal = \"deploy-platform\", token = \"0123456789abcdef0123\" }]",
     ))

@@ -9,14 +9,7 @@ use crate::support::gateway::{Behaviour, GatewayNode};
 
 #[tokio::test]
 async fn operations_and_holds_survive_a_restart() {
-    let eureka = EurekaDouble::start().await;
-    eureka.register(
-        "ORDER-SERVICE",
-        "10.0.0.5:order-service:8080",
-        "10.0.0.5",
-        8080,
-        "UP",
-    );
+    let eureka = EurekaDouble::with_order_service().await;
     let app = TestApp::spawn(TestConfig::eureka(&[eureka.url()])).await;
     let operation: Value = app
         .post("/api/v1/instances/10.0.0.5/offline?wait=true&reason=drain")
@@ -43,14 +36,7 @@ async fn operations_and_holds_survive_a_restart() {
 #[tokio::test]
 async fn an_operation_left_in_progress_is_closed_on_the_next_start() {
     let hanging = GatewayNode::start(Behaviour::Hang).await;
-    let eureka = EurekaDouble::start().await;
-    eureka.register(
-        "ORDER-SERVICE",
-        "10.0.0.5:order-service:8080",
-        "10.0.0.5",
-        8080,
-        "UP",
-    );
+    let eureka = EurekaDouble::with_order_service().await;
     let app = TestApp::spawn(
         TestConfig::eureka(&[eureka.url()])
             .route("ORDER-SERVICE", &["EDGE"])

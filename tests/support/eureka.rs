@@ -219,6 +219,19 @@ impl EurekaDouble {
         double
     }
 
+    /// The fixture most tests start from: ORDER-SERVICE on 10.0.0.5:8080, UP.
+    pub async fn with_order_service() -> Self {
+        let double = Self::start().await;
+        double.register(
+            "ORDER-SERVICE",
+            "10.0.0.5:order-service:8080",
+            "10.0.0.5",
+            8080,
+            "UP",
+        );
+        double
+    }
+
     /// The base URL to configure in synchspeed.
     pub fn url(&self) -> String {
         format!("http://{}{}", self.addr, self.base)
