@@ -162,6 +162,18 @@ impl Inner {
         }})
     }
 
+    /// A status change the server records: MODIFIED, dirty, into the delta queue.
+    fn modify(&mut self, app: &str, id: &str, status: &str, overridden: &str) {
+        let now = self.tick();
+        let instance = self.apps.get_mut(app).and_then(|a| a.get_mut(id)).unwrap();
+        instance.status = status.to_owned();
+        instance.overridden_status = overridden.to_owned();
+        instance.action_type = "MODIFIED";
+        instance.last_dirty = now;
+        let snapshot = instance.clone();
+        self.changed(snapshot);
+    }
+
     fn changed(&mut self, instance: Instance) {
         self.version += 1;
         // `retentionTimeInMSInDeltaQueue`: changes stay in the delta for 3 minutes.
@@ -546,23 +558,12 @@ async fn status_resource(
             let Some(value) = value else {
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();
             };
-            let now = inner.tick();
-            let instance = inner
-                .apps
-                .get_mut(&app)
-                .and_then(|a| a.get_mut(&id))
-                .unwrap();
-            if instance.status == value {
+            if inner.apps[&app][&id].status == value {
                 // Same status: nothing stored, 200 all the same (§1.3 gotcha).
                 return StatusCode::OK.into_response();
             }
-            instance.status = value.clone();
-            instance.overridden_status = value.clone();
-            instance.action_type = "MODIFIED";
-            instance.last_dirty = now;
-            let snapshot = instance.clone();
-            inner.overrides.insert(id.clone(), value);
-            inner.changed(snapshot);
+            inner.overrides.insert(id.clone(), value.clone());
+            inner.modify(&app, &id, &value, &value);
             StatusCode::OK.into_response()
         }
         Method::DELETE => {
@@ -570,18 +571,7 @@ async fn status_resource(
                 // No override: a no-op, 200 (§1.4).
                 return StatusCode::OK.into_response();
             }
-            let now = inner.tick();
-            let instance = inner
-                .apps
-                .get_mut(&app)
-                .and_then(|a| a.get_mut(&id))
-                .unwrap();
-            instance.status = value.unwrap_or_else(|| "UNKNOWN".into());
-            instance.overridden_status = "UNKNOWN".into();
-            instance.action_type = "MODIFIED";
-            instance.last_dirty = now;
-            let snapshot = instance.clone();
-            inner.changed(snapshot);
+            inner.modify(&app, &id, value.as_deref().unwrap_or("UNKNOWN"), "UNKNOWN");
             StatusCode::OK.into_response()
         }
         _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
