@@ -124,8 +124,66 @@ pub struct GroupsSettings {
     pub routes: BTreeMap<AppName, Vec<AppName>>,
 }
 
+/// How a gateway group hears about instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifierKind {
+    /// The contract's notification protocol over HTTP.
+    Webhook,
+    /// HAProxy's runtime API: server state and weight changed directly.
+    Haproxy,
+}
+
+impl NotifierKind {
+    fn parse(key: &str, raw: &str) -> Result<Self, ConfigError> {
+        match raw.trim() {
+            "webhook" => Ok(Self::Webhook),
+            "haproxy" => Ok(Self::Haproxy),
+            other => Err(invalid(key, format!("'{other}' is not webhook or haproxy"))),
+        }
+    }
+}
+
+/// The admin state an HAProxy server is put in when its instance goes offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaproxyOfflineState {
+    /// No new connections; established ones (and persistent sessions) finish.
+    Drain,
+    /// No traffic at all, health checks stopped.
+    Maint,
+}
+
+impl HaproxyOfflineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drain => "drain",
+            Self::Maint => "maint",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HaproxySettings {
+    pub offline_state: HaproxyOfflineState,
+    /// Offline: acknowledge only once the servers have no session left (or `idle_timeout`).
+    pub wait_idle: bool,
+    pub idle_timeout: Duration,
+    /// How often current sessions are read while waiting for idle.
+    pub idle_poll: Duration,
+    /// Online: ramp the weight up over this long; `None` gives full weight at once.
+    pub warmup: Option<Duration>,
+    /// The share of the configured weight a warm-up starts from, in percent (1–100).
+    pub warmup_start_percent: u8,
+    /// Weight changes in a warm-up, the last one reaching the configured weight.
+    pub warmup_steps: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
+    /// The kind of every group not listed in `group_notifiers`.
+    pub notifier: NotifierKind,
+    /// Groups told through another kind than `notifier`.
+    pub group_notifiers: BTreeMap<AppName, NotifierKind>,
+    pub haproxy: HaproxySettings,
     pub path: String,
     /// Per attempt.
     pub timeout: Duration,
@@ -141,6 +199,15 @@ pub struct GatewaySettings {
     pub port_metadata_key: Option<String>,
     /// Groups whose nodes are listed here rather than found in the registry.
     pub nodes: BTreeMap<AppName, Vec<String>>,
+}
+
+impl GatewaySettings {
+    pub fn kind_of(&self, group: &AppName) -> NotifierKind {
+        self.group_notifiers
+            .get(group)
+            .copied()
+            .unwrap_or(self.notifier)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +376,8 @@ impl Default for RawGroups {
 #[serde(default, deny_unknown_fields)]
 struct RawGateway {
     notifier: String,
+    group_notifiers: BTreeMap<String, String>,
+    haproxy: RawHaproxy,
     path: String,
     timeout: String,
     attempts: u32,
@@ -324,6 +393,8 @@ impl Default for RawGateway {
     fn default() -> Self {
         Self {
             notifier: "webhook".into(),
+            group_notifiers: BTreeMap::new(),
+            haproxy: RawHaproxy::default(),
             path: "/synchspeed/v1/notify".into(),
             timeout: "2s".into(),
             attempts: 3,
@@ -333,6 +404,32 @@ impl Default for RawGateway {
             secret: String::new(),
             port_metadata_key: String::new(),
             nodes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHaproxy {
+    state: String,
+    wait_idle: bool,
+    idle_timeout: String,
+    idle_poll: String,
+    warmup: String,
+    warmup_start_percent: u8,
+    warmup_steps: u32,
+}
+
+impl Default for RawHaproxy {
+    fn default() -> Self {
+        Self {
+            state: "drain".into(),
+            wait_idle: false,
+            idle_timeout: "30s".into(),
+            idle_poll: "100ms".into(),
+            warmup: "0s".into(),
+            warmup_start_percent: 10,
+            warmup_steps: 10,
         }
     }
 }
@@ -605,14 +702,12 @@ impl RawGroups {
 
 impl RawGateway {
     fn validate(self) -> Result<GatewaySettings, ConfigError> {
-        if self.notifier.trim() != "webhook" {
-            return Err(invalid(
-                "gateway.notifier",
-                format!(
-                    "'{}' is not supported by this version (webhook)",
-                    self.notifier
-                ),
-            ));
+        let notifier = NotifierKind::parse("gateway.notifier", &self.notifier)?;
+        let mut group_notifiers = BTreeMap::new();
+        for (group, kind) in &self.group_notifiers {
+            let key = format!("gateway.group_notifiers.{group}");
+            let kind = NotifierKind::parse(&key, kind)?;
+            group_notifiers.insert(app_name(&key, group)?, kind);
         }
         if !self.path.starts_with('/') {
             return Err(invalid("gateway.path", "must start with /"));
@@ -627,12 +722,22 @@ impl RawGateway {
         for (group, list) in self.nodes {
             let key = format!("gateway.nodes.{group}");
             let group = app_name(&key, &group)?;
+            let kind = group_notifiers.get(&group).copied().unwrap_or(notifier);
             for node in &list {
-                node_address(&key, node)?;
+                match (kind, node.strip_prefix("unix:")) {
+                    (NotifierKind::Haproxy, Some(path)) if path.starts_with('/') => {}
+                    (NotifierKind::Haproxy, Some(_)) => {
+                        return Err(invalid(&key, format!("'{node}': unix:/absolute/path")));
+                    }
+                    _ => node_address(&key, node)?,
+                }
             }
             nodes.insert(group, list);
         }
         Ok(GatewaySettings {
+            notifier,
+            group_notifiers,
+            haproxy: self.haproxy.validate()?,
             path: self.path,
             timeout: positive_duration("gateway.timeout", &self.timeout)?,
             attempts: self.attempts,
@@ -655,6 +760,43 @@ fn node_address(key: &str, node: &str) -> Result<(), ConfigError> {
         return Err(invalid(key, format!("'{node}' is not host:port")));
     }
     Ok(())
+}
+
+impl RawHaproxy {
+    fn validate(self) -> Result<HaproxySettings, ConfigError> {
+        let offline_state = match self.state.trim() {
+            "drain" => HaproxyOfflineState::Drain,
+            "maint" => HaproxyOfflineState::Maint,
+            other => {
+                return Err(invalid(
+                    "gateway.haproxy.state",
+                    format!("'{other}' is not drain or maint"),
+                ));
+            }
+        };
+        if !(1..=100).contains(&self.warmup_start_percent) {
+            return Err(invalid(
+                "gateway.haproxy.warmup_start_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        if self.warmup_steps == 0 {
+            return Err(invalid(
+                "gateway.haproxy.warmup_steps",
+                "must be at least 1",
+            ));
+        }
+        let warmup = duration("gateway.haproxy.warmup", &self.warmup)?;
+        Ok(HaproxySettings {
+            offline_state,
+            wait_idle: self.wait_idle,
+            idle_timeout: positive_duration("gateway.haproxy.idle_timeout", &self.idle_timeout)?,
+            idle_poll: positive_duration("gateway.haproxy.idle_poll", &self.idle_poll)?,
+            warmup: Some(warmup).filter(|w| !w.is_zero()),
+            warmup_start_percent: self.warmup_start_percent,
+            warmup_steps: self.warmup_steps,
+        })
+    }
 }
 
 impl RawDrain {

@@ -12,9 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{RegistrySettings, Settings};
+use crate::config::{GatewaySettings, NotifierKind, RegistrySettings, Settings};
 use crate::drain::{Orchestrator, Parts};
+use crate::gateway::Notifier;
+use crate::gateway::by_group::NotifierByGroup;
 use crate::gateway::fanout::FanOut;
+use crate::gateway::haproxy::HaproxyNotifier;
 use crate::gateway::nodes::NodeDirectory;
 use crate::gateway::webhook::WebhookNotifier;
 use crate::groups::StaticGroups;
@@ -74,7 +77,7 @@ impl Application {
                     .context("loading the file registry")?,
             ),
         };
-        let notifier = Arc::new(WebhookNotifier::new(&settings.gateway, http.clone()));
+        let notifier = notifier(&settings.gateway, &http);
         let orchestrator = Arc::new(
             Orchestrator::open(Parts {
                 registry: Arc::clone(&registry),
@@ -210,4 +213,24 @@ async fn wait_for_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
+}
+
+/// The notifier of every group: `gateway.notifier`, except the groups listed in
+/// `gateway.group_notifiers`. Both kinds are cheap to build and hold no connection.
+fn notifier(settings: &GatewaySettings, http: &reqwest::Client) -> Arc<dyn Notifier> {
+    let webhook: Arc<dyn Notifier> = Arc::new(WebhookNotifier::new(settings, http.clone()));
+    let haproxy: Arc<dyn Notifier> = Arc::new(HaproxyNotifier::new(settings));
+    let of_kind = |kind: NotifierKind| match kind {
+        NotifierKind::Webhook => Arc::clone(&webhook),
+        NotifierKind::Haproxy => Arc::clone(&haproxy),
+    };
+    if settings.group_notifiers.is_empty() {
+        return of_kind(settings.notifier);
+    }
+    let groups = settings
+        .group_notifiers
+        .iter()
+        .map(|(group, kind)| (group.clone(), of_kind(*kind)))
+        .collect();
+    Arc::new(NotifierByGroup::new(of_kind(settings.notifier), groups))
 }

@@ -26,6 +26,7 @@ use crate::domain::{
     Action, Caller, Hold, Instance, InstanceResult, NodeResult, NodeState, Operation,
     OperationError, OperationId, OperationState, RegistryStep, Status, Target,
 };
+use crate::gateway::Progress;
 use crate::gateway::fanout::{FanOut, Job};
 use crate::gateway::nodes::NodeDirectory;
 use crate::gateway::{Notification, NotifiedInstance};
@@ -404,6 +405,9 @@ impl Orchestrator {
         span: tracing::Span,
     ) -> watch::Receiver<Operation> {
         let notifications = notifications(&operation, plan);
+        let id = operation.id.clone();
+        let (sender, receiver) = watch::channel(operation);
+        let sender = Arc::new(sender);
         let jobs: Vec<Job> = plan
             .deliveries
             .iter()
@@ -413,11 +417,10 @@ impl Orchestrator {
                     slot,
                     node: node.clone(),
                     notification: Arc::clone(notifications.get(app)?),
+                    progress: progress_of(&sender, slot),
                 })
             })
             .collect();
-        let id = operation.id.clone();
-        let (sender, receiver) = watch::channel(operation);
         lock(&self.live).insert(id.clone(), receiver.clone());
         let deliveries = self.fanout.deliver(jobs);
         let store = Arc::clone(&self.store);
@@ -440,6 +443,9 @@ impl Orchestrator {
                     node.attempts = delivery.attempts;
                     node.latency_ms = Some(delivery.elapsed.as_secs_f64() * 1000.0);
                     node.error = delivery.error.clone();
+                    if delivery.haproxy.is_some() {
+                        node.haproxy = delivery.haproxy.clone();
+                    }
                     if !delivery.acked {
                         warn!(node = %node.node, group = %node.group, attempts = delivery.attempts,
                             "gateway node did not acknowledge: {}", delivery.error.as_deref().unwrap_or("no answer"));
@@ -547,6 +553,7 @@ fn new_operation(request: &DrainRequest, plan: &Plan) -> Operation {
                 attempts: 0,
                 latency_ms: None,
                 error: None,
+                haproxy: None,
             })
             .collect(),
         error: None,
@@ -554,6 +561,21 @@ fn new_operation(request: &DrainRequest, plan: &Plan) -> Operation {
         registry_updated_at: None,
         completed_at: None,
     }
+}
+
+/// Shows a pending node's progress on the live operation. A report that arrives after the
+/// node's answer (they travel separately) is stale and dropped.
+fn progress_of(sender: &Arc<watch::Sender<Operation>>, slot: usize) -> Progress {
+    let sender = Arc::clone(sender);
+    Progress::new(move |detail| {
+        sender.send_if_modified(|op| match op.gateways.get_mut(slot) {
+            Some(node) if node.state == NodeState::Pending => {
+                node.haproxy = Some(detail);
+                true
+            }
+            _ => false,
+        });
+    })
 }
 
 /// One notification per app, shared by every node that hears about that app.

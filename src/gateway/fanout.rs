@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::stream::{FuturesUnordered, Stream};
 use tokio::sync::Semaphore;
 
-use super::{Delivery, GatewayNode, Notification, Notifier};
+use super::{Delivery, GatewayNode, Notification, Notifier, Progress};
 
 #[derive(Clone)]
 pub struct FanOut {
@@ -20,6 +20,7 @@ pub struct Job {
     pub slot: usize,
     pub node: GatewayNode,
     pub notification: Arc<Notification>,
+    pub progress: Progress,
 }
 
 impl FanOut {
@@ -43,7 +44,9 @@ impl FanOut {
                     // The semaphore is never closed, so acquiring cannot fail; if it ever
                     // were, delivering unbounded is better than not delivering.
                     let _permit = permits.acquire_owned().await.ok();
-                    let delivery = notifier.notify(&job.node, &job.notification).await;
+                    let delivery = notifier
+                        .notify(&job.node, &job.notification, &job.progress)
+                        .await;
                     (job.slot, delivery)
                 }
             })

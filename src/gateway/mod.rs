@@ -1,21 +1,24 @@
 //! Gateways: who must hear that an instance goes out or comes back, and telling them.
 //!
 //! [`nodes::NodeDirectory`] turns a gateway group into its nodes; [`Notifier`] tells one node
-//! (one module per kind: [`webhook`]); [`fanout::FanOut`] tells all of them at once, bounded.
+//! (one module per kind: [`webhook`], [`haproxy`]; [`by_group::NotifierByGroup`] picks the
+//! kind of each group); [`fanout::FanOut`] tells all of them at once, bounded.
 
+pub mod by_group;
 pub mod fanout;
+pub mod haproxy;
 pub mod nodes;
 pub mod webhook;
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::operation::millis;
+use crate::domain::operation::{HaproxyDetail, millis};
 use crate::domain::{Action, AppName, OperationId};
 
 /// One node of a gateway group.
@@ -86,11 +89,52 @@ pub struct Delivery {
     pub elapsed: Duration,
     /// The last error, when not acknowledged.
     pub error: Option<String>,
+    /// What an HAProxy node did, in its final form.
+    pub haproxy: Option<HaproxyDetail>,
+}
+
+impl Delivery {
+    pub fn failed(attempts: u32, elapsed: Duration, error: String) -> Self {
+        Self {
+            acked: false,
+            attempts,
+            elapsed,
+            error: Some(error),
+            haproxy: None,
+        }
+    }
+}
+
+/// Where a notifier reports progress while a node is still pending (an HAProxy drain waiting
+/// for idle, a warm-up ramping), so the operation shows it before the node answers.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<dyn Fn(HaproxyDetail) + Send + Sync>>);
+
+impl Progress {
+    pub fn new(report: impl Fn(HaproxyDetail) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(report)))
+    }
+
+    /// Progress nobody reads.
+    pub fn ignored() -> Self {
+        Self(None)
+    }
+
+    pub fn report(&self, detail: &HaproxyDetail) {
+        if let Some(report) = &self.0 {
+            report(detail.clone());
+        }
+    }
 }
 
 #[async_trait]
 pub trait Notifier: Send + Sync {
     /// Tells one node, retrying as the kind's protocol says. Never fails: a node that never
     /// acknowledged is a `Delivery` with `acked: false` and the reason.
-    async fn notify(&self, node: &GatewayNode, notification: &Notification) -> Delivery;
+    async fn notify(
+        &self,
+        node: &GatewayNode,
+        notification: &Notification,
+        progress: &Progress,
+    ) -> Delivery;
 }

@@ -13,7 +13,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use sha2::Sha256;
 use tracing::debug;
 
-use super::{Delivery, GatewayNode, Notification, Notifier};
+use super::{Delivery, GatewayNode, Notification, Notifier, Progress};
 use crate::config::GatewaySettings;
 use crate::registry::eureka::error_chain;
 
@@ -108,17 +108,21 @@ impl WebhookNotifier {
 
 #[async_trait]
 impl Notifier for WebhookNotifier {
-    async fn notify(&self, node: &GatewayNode, notification: &Notification) -> Delivery {
+    async fn notify(
+        &self,
+        node: &GatewayNode,
+        notification: &Notification,
+        _progress: &Progress,
+    ) -> Delivery {
         let started = Instant::now();
         let body = match notification.body() {
             Ok(body) => body,
             Err(e) => {
-                return Delivery {
-                    acked: false,
-                    attempts: 0,
-                    elapsed: started.elapsed(),
-                    error: Some(format!("the notification does not serialize: {e}")),
-                };
+                return Delivery::failed(
+                    0,
+                    started.elapsed(),
+                    format!("the notification does not serialize: {e}"),
+                );
             }
         };
         let url = format!("http://{}{}", node.address, self.path);
@@ -140,6 +144,7 @@ impl Notifier for WebhookNotifier {
             attempts: attempts.into_inner(),
             elapsed: started.elapsed(),
             error: result.err().map(|e| e.message),
+            haproxy: None,
         }
     }
 }
