@@ -872,6 +872,47 @@ mod tests {
     }
 
     #[test]
+    fn haproxy_groups_are_chosen_per_group_and_may_use_unix_sockets() {
+        let settings = Settings::from_toml(
+            "[gateway.group_notifiers]\n\"haproxy-edge\" = \"haproxy\"\n\
+             [gateway.nodes]\n\"HAPROXY-EDGE\" = [\"unix:/run/haproxy/admin.sock\", \"10.3.0.1:9999\"]\n\
+             [gateway.haproxy]\nstate = \"maint\"\nwarmup = \"30s\"",
+        )
+        .unwrap();
+        let gateway = &settings.gateway;
+        let edge = AppName::parse("HAPROXY-EDGE").unwrap();
+        assert_eq!(gateway.kind_of(&edge), NotifierKind::Haproxy);
+        assert_eq!(
+            gateway.kind_of(&AppName::parse("GATEWAY-PUBLIC").unwrap()),
+            NotifierKind::Webhook
+        );
+        assert_eq!(gateway.haproxy.offline_state, HaproxyOfflineState::Maint);
+        assert_eq!(gateway.haproxy.warmup, Some(Duration::from_secs(30)));
+        assert!(!gateway.haproxy.wait_idle, "off unless asked for");
+    }
+
+    #[test]
+    fn haproxy_settings_are_checked() {
+        // A Unix socket is a runtime-API address, not a webhook node.
+        assert_eq!(
+            error_key("[gateway.nodes]\nEDGE = [\"unix:/run/haproxy.sock\"]"),
+            "gateway.nodes.EDGE"
+        );
+        assert_eq!(
+            error_key("[gateway.group_notifiers]\nEDGE = \"nginx\""),
+            "gateway.group_notifiers.EDGE"
+        );
+        assert_eq!(
+            error_key("[gateway.haproxy]\nstate = \"off\""),
+            "gateway.haproxy.state"
+        );
+        assert_eq!(
+            error_key("[gateway.haproxy]\nwarmup_start_percent = 0"),
+            "gateway.haproxy.warmup_start_percent"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Settings::from_toml("[server]\nlisten_on = \"0.0.0.0:1\"").unwrap_err();
         assert!(err.to_string().contains("listen_on"), "{err}");

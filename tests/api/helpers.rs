@@ -29,6 +29,8 @@ pub struct TestConfig {
     pub server: String,
     /// Replaces the `[registry]` section (the file registry).
     pub registry: Option<String>,
+    /// Whole tables appended at the end (`[gateway.haproxy]`, `[gateway.group_notifiers]`).
+    pub tables: String,
 }
 
 impl TestConfig {
@@ -43,6 +45,7 @@ impl TestConfig {
             drain: String::new(),
             server: String::new(),
             registry: None,
+            tables: String::new(),
         }
     }
 
@@ -78,6 +81,13 @@ impl TestConfig {
 
     pub fn drain(mut self, lines: &str) -> Self {
         self.drain = lines.into();
+        self
+    }
+
+    /// Appends whole TOML tables.
+    pub fn tables(mut self, text: &str) -> Self {
+        self.tables.push_str(text);
+        self.tables.push('\n');
         self
     }
 
@@ -138,6 +148,8 @@ impl TestConfig {
         for (group, nodes) in &self.static_nodes {
             toml.push_str(&format!("\"{group}\" = [{}]\n", list(nodes)));
         }
+        toml.push('\n');
+        toml.push_str(&self.tables);
         toml
     }
 }

@@ -10,6 +10,7 @@ mod helpers;
 mod cli;
 mod drain;
 mod errors;
+mod haproxy;
 mod registry;
 mod security;
 mod store;

@@ -1,5 +1,7 @@
 //! Test doubles and launchers shared by the black-box tests.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod eureka;
 pub mod gateway;
+pub mod haproxy;
