@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::config::GatewaySettings;
 use crate::domain::operation::{HaproxyDetail, millis};
 use crate::domain::{Action, AppName, OperationId};
 
@@ -125,6 +126,16 @@ impl Progress {
             report(detail.clone());
         }
     }
+}
+
+/// The retry schedule every kind uses: `gateway.backoff` doubled per retry with jitter, up to
+/// `gateway.backoff_max`, for `gateway.attempts` attempts in all.
+pub fn retry_schedule(settings: &GatewaySettings) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(settings.backoff)
+        .with_max_delay(settings.backoff_max.max(settings.backoff))
+        .with_max_times(settings.attempts.saturating_sub(1) as usize)
+        .with_jitter()
 }
 
 #[async_trait]

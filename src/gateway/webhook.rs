@@ -13,7 +13,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use sha2::Sha256;
 use tracing::debug;
 
-use super::{Delivery, GatewayNode, Notification, Notifier, Progress};
+use super::{Delivery, GatewayNode, Notification, Notifier, Progress, retry_schedule};
 use crate::config::GatewaySettings;
 use crate::registry::eureka::error_chain;
 
@@ -48,11 +48,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 
 impl WebhookNotifier {
     pub fn new(settings: &GatewaySettings, http: reqwest::Client) -> Self {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(settings.backoff)
-            .with_max_delay(settings.backoff_max.max(settings.backoff))
-            .with_max_times(settings.attempts.saturating_sub(1) as usize)
-            .with_jitter();
+        let backoff = retry_schedule(settings);
         Self {
             http,
             path: settings.path.clone(),

@@ -17,7 +17,9 @@ use backon::{ExponentialBuilder, Retryable};
 use tracing::{debug, info, warn};
 
 use self::runtime::{RuntimeApi, RuntimeError, ServerState};
-use super::{Delivery, GatewayNode, Notification, NotifiedInstance, Notifier, Progress};
+use super::{
+    Delivery, GatewayNode, Notification, NotifiedInstance, Notifier, Progress, retry_schedule,
+};
 use crate::config::{GatewaySettings, HaproxySettings};
 use crate::domain::Action;
 use crate::domain::operation::{HaproxyDetail, HaproxyServer, IdleWait, Warmup};
@@ -49,11 +51,7 @@ impl HaproxyNotifier {
         Self {
             settings: settings.haproxy.clone(),
             timeout: settings.timeout,
-            backoff: ExponentialBuilder::default()
-                .with_min_delay(settings.backoff)
-                .with_max_delay(settings.backoff_max.max(settings.backoff))
-                .with_max_times(settings.attempts.saturating_sub(1) as usize)
-                .with_jitter(),
+            backoff: retry_schedule(settings),
         }
     }
 
