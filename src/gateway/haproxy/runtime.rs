@@ -218,6 +218,31 @@ fn refusal(answer: &str) -> AnswerError {
     AnswerError::Refused(text.join(" / ").chars().take(300).collect())
 }
 
+fn column_of(header: &[&str], name: &str) -> Result<usize, AnswerError> {
+    header
+        .iter()
+        .position(|c| *c == name)
+        .ok_or_else(|| AnswerError::Malformed(format!("the header has no `{name}` column")))
+}
+
+/// Fails a line whose field count is not the header's: a truncated or changed format.
+fn check_width(
+    what: &str,
+    index: usize,
+    fields: &[&str],
+    header: &[&str],
+) -> Result<(), AnswerError> {
+    if fields.len() == header.len() {
+        return Ok(());
+    }
+    Err(AnswerError::Malformed(format!(
+        "{what} {} has {} fields, the header {}",
+        index + 1,
+        fields.len(),
+        header.len()
+    )))
+}
+
 fn expect_silence(answer: &str) -> Result<(), AnswerError> {
     if non_blank_lines(answer).next().is_none() {
         Ok(())
@@ -246,12 +271,7 @@ fn parse_servers_state(answer: &str) -> Result<Vec<ServerState>, AnswerError> {
             ));
         }
     };
-    let column = |name: &str| {
-        header
-            .iter()
-            .position(|c| *c == name)
-            .ok_or_else(|| AnswerError::Malformed(format!("the header has no `{name}` column")))
-    };
+    let column = |name: &str| column_of(&header, name);
     let (backend, server, address, port, weight, configured_weight) = (
         column("be_name")?,
         column("srv_name")?,
@@ -264,14 +284,7 @@ fn parse_servers_state(answer: &str) -> Result<Vec<ServerState>, AnswerError> {
         .enumerate()
         .map(|(index, line)| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() != header.len() {
-                return Err(AnswerError::Malformed(format!(
-                    "server line {} has {} fields, the header {}",
-                    index + 1,
-                    fields.len(),
-                    header.len()
-                )));
-            }
+            check_width("server line", index, &fields, &header)?;
             let number = |at: usize| {
                 fields[at].parse::<u32>().map_err(|_| {
                     AnswerError::Malformed(format!(
@@ -301,24 +314,12 @@ fn parse_stat_sessions(answer: &str) -> Result<Vec<ServerSessions>, AnswerError>
         Some(header) => header.split(',').collect(),
         None => return Err(refusal(answer)),
     };
-    let column = |name: &str| {
-        header
-            .iter()
-            .position(|c| *c == name)
-            .ok_or_else(|| AnswerError::Malformed(format!("the header has no `{name}` column")))
-    };
+    let column = |name: &str| column_of(&header, name);
     let (backend, server, sessions) = (column("pxname")?, column("svname")?, column("scur")?);
     let mut rows = Vec::new();
     for (index, line) in lines.enumerate() {
         let fields: Vec<&str> = line.split(',').collect();
-        if fields.len() != header.len() {
-            return Err(AnswerError::Malformed(format!(
-                "row {} has {} fields, the header {}",
-                index + 1,
-                fields.len(),
-                header.len()
-            )));
-        }
+        check_width("row", index, &fields, &header)?;
         // Frontend and backend totals share the table; only servers matter here.
         if matches!(fields[server], "FRONTEND" | "BACKEND") {
             continue;
