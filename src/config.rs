@@ -89,6 +89,7 @@ pub struct SecuritySettings {
 #[derive(Debug, Clone)]
 pub enum RegistrySettings {
     Eureka(EurekaSettings),
+    Zookeeper(ZookeeperSettings),
     File(FileRegistrySettings),
 }
 
@@ -96,6 +97,7 @@ impl RegistrySettings {
     pub fn kind(&self) -> &'static str {
         match self {
             RegistrySettings::Eureka(_) => "eureka",
+            RegistrySettings::Zookeeper(_) => "zookeeper",
             RegistrySettings::File(_) => "file",
         }
     }
@@ -108,6 +110,17 @@ pub struct EurekaSettings {
     /// How often the local cache is refreshed with `GET apps/delta`.
     pub refresh: Duration,
     /// Per-request timeout for registry calls.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ZookeeperSettings {
+    /// The ensemble, `host:port[,host:port...]`.
+    pub connect: String,
+    /// Where Spring Cloud Zookeeper registers (`spring.cloud.zookeeper.discovery.root`).
+    pub root: String,
+    pub session_timeout: Duration,
+    /// Per call, and for connecting.
     pub timeout: Duration,
 }
 
@@ -329,14 +342,24 @@ impl Default for RawEureka {
     }
 }
 
-/// Accepted so that one file can carry every registry's section; only `kind` selects.
-#[derive(Debug, Deserialize, Default)]
-#[serde(default)]
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct RawZookeeper {
-    #[allow(dead_code)]
-    connect: Option<String>,
-    #[allow(dead_code)]
-    root: Option<String>,
+    connect: String,
+    root: String,
+    session_timeout: String,
+    timeout: String,
+}
+
+impl Default for RawZookeeper {
+    fn default() -> Self {
+        Self {
+            connect: "127.0.0.1:2181".into(),
+            root: "/services".into(),
+            session_timeout: "10s".into(),
+            timeout: "3s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -660,16 +683,39 @@ impl RawRegistry {
                 path: PathBuf::from(self.file.path),
                 refresh: positive_duration("registry.file.refresh", &self.file.refresh)?,
             })),
-            "zookeeper" | "nacos" => Err(invalid(
+            "zookeeper" => {
+                let raw = self.zookeeper;
+                let connect = raw.connect.trim().to_owned();
+                if connect.is_empty() || connect.split(',').any(|host| !host.contains(':')) {
+                    return Err(invalid(
+                        "registry.zookeeper.connect",
+                        format!("'{connect}' is not host:port[,host:port...]"),
+                    ));
+                }
+                let root = raw.root.trim().trim_end_matches('/').to_owned();
+                if !root.starts_with('/') {
+                    return Err(invalid(
+                        "registry.zookeeper.root",
+                        format!("'{}' is not an absolute path such as /services", raw.root),
+                    ));
+                }
+                Ok(RegistrySettings::Zookeeper(ZookeeperSettings {
+                    connect,
+                    root,
+                    session_timeout: positive_duration(
+                        "registry.zookeeper.session_timeout",
+                        &raw.session_timeout,
+                    )?,
+                    timeout: positive_duration("registry.zookeeper.timeout", &raw.timeout)?,
+                }))
+            }
+            "nacos" => Err(invalid(
                 "registry.kind",
-                format!(
-                    "'{}' is not supported by this version yet (eureka, file)",
-                    self.kind
-                ),
+                "'nacos' is not supported by this version yet (eureka, zookeeper, file)",
             )),
             other => Err(invalid(
                 "registry.kind",
-                format!("'{other}' is not a registry kind (eureka, file)"),
+                format!("'{other}' is not a registry kind (eureka, zookeeper, file)"),
             )),
         }
     }

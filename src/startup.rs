@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{GatewaySettings, NotifierKind, RegistrySettings, Settings};
+use crate::drain::reassert;
 use crate::drain::{Orchestrator, Parts};
 use crate::gateway::Notifier;
 use crate::gateway::by_group::NotifierByGroup;
@@ -25,6 +26,7 @@ use crate::http::{AppState, router};
 use crate::registry::Registry;
 use crate::registry::eureka::EurekaRegistry;
 use crate::registry::file::FileRegistry;
+use crate::registry::zookeeper::ZookeeperRegistry;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::telemetry::Metrics;
@@ -71,6 +73,7 @@ impl Application {
                 http.clone(),
                 Arc::clone(&metrics),
             )),
+            RegistrySettings::Zookeeper(zookeeper) => Arc::new(ZookeeperRegistry::new(zookeeper)),
             RegistrySettings::File(file) => Arc::new(
                 FileRegistry::open(file, Arc::clone(&store))
                     .await
@@ -117,6 +120,13 @@ impl Application {
             let token = shutdown.clone();
             async move { registry.run(token).await }
         });
+        if let Some(changes) = registry.changes() {
+            background.spawn(reassert::keep_held_offline(
+                Arc::clone(&orchestrator),
+                changes,
+                shutdown.clone(),
+            ));
+        }
         background.spawn({
             let store = sqlite.clone();
             let token = shutdown.clone();

@@ -7,6 +7,7 @@
 
 mod index;
 mod plan;
+pub mod reassert;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

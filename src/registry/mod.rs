@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod eureka;
 pub mod file;
+pub mod zookeeper;
 
 use std::net::IpAddr;
 
@@ -67,4 +68,10 @@ pub trait Registry: Send + Sync {
 
     /// Keeps the cache fresh until `shutdown` is cancelled.
     async fn run(&self, shutdown: CancellationToken);
+
+    /// Instances as they change in the registry, for backends that watch it (ZooKeeper):
+    /// what the reconciler compares with the desired state. `None` for backends that poll.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Instance>> {
+        None
+    }
 }
