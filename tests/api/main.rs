@@ -14,3 +14,4 @@ mod haproxy;
 mod registry;
 mod security;
 mod store;
+mod zookeeper;

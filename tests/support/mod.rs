@@ -5,3 +5,4 @@ pub mod backend;
 pub mod eureka;
 pub mod gateway;
 pub mod haproxy;
+pub mod zookeeper;

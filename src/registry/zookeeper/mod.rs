@@ -20,7 +20,7 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use zookeeper_client::{AddWatchMode, Client, EventType, SessionState};
+use zookeeper_client::{AddWatchMode, Client, EventType, PersistentWatcher, SessionState};
 
 use self::model::Registration;
 use super::cache::InstanceCache;
@@ -244,7 +244,52 @@ impl ZookeeperRegistry {
 
     /// One session: watch, scan, then follow events until the session ends or `shutdown`.
     async fn follow(&self, client: &Client, shutdown: &CancellationToken) -> Result<(), String> {
-        let mut watcher = self
+        let mut states = client.state_watcher();
+        let mut watcher = self.watch_and_scan(client).await?;
+        let mut disconnected = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                state = states.changed() => match state {
+                    SessionState::Disconnected => {
+                        warn!("disconnected from ZooKeeper; reconnecting");
+                        disconnected = true;
+                        self.set_trouble(Some("disconnected from ZooKeeper".into()));
+                    }
+                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                        if disconnected {
+                            disconnected = false;
+                            // Events during the disconnection may be lost (ZOOKEEPER-4698):
+                            // watch anew and read everything again.
+                            match self.watch_and_scan(client).await {
+                                Ok(renewed) => watcher = renewed,
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    // A terminal state: the session is gone, and this watcher with it.
+                    state => return Err(format!("ZooKeeper session ended ({state:?})")),
+                },
+                event = watcher.changed() => match event.event_type {
+                    EventType::NodeCreated | EventType::NodeDataChanged => {
+                        self.reload(client, &event.path).await;
+                    }
+                    EventType::NodeDeleted => self.forget(&event.path),
+                    // Session states arrive through `states` above.
+                    EventType::Session | EventType::NodeChildrenChanged => {
+                        if event.session_state.is_terminated() {
+                            return Err(format!("ZooKeeper session ended ({:?})", event.session_state));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Sets the persistent recursive watch on the root, then scans it: in that order, so no
+    /// change between the two is missed.
+    async fn watch_and_scan(&self, client: &Client) -> Result<PersistentWatcher, String> {
+        let watcher = self
             .call(client.watch(&self.settings.root, AddWatchMode::PersistentRecursive))
             .await
             .map_err(|e| format!("cannot watch {}: {e}", self.settings.root))?;
@@ -254,37 +299,7 @@ impl ZookeeperRegistry {
             .map_err(|e| format!("cannot scan {}: {e}", self.settings.root))?;
         info!(instances = count, root = %self.settings.root, "ZooKeeper registry loaded");
         self.set_trouble(None);
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                event = watcher.changed() => event,
-            };
-            match event.event_type {
-                EventType::Session => match event.session_state {
-                    SessionState::Disconnected => {
-                        warn!("disconnected from ZooKeeper; reconnecting");
-                        self.set_trouble(Some("disconnected from ZooKeeper".into()));
-                    }
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        // Events during the disconnection may be lost: read everything again.
-                        match self.scan(client).await {
-                            Ok(count) => {
-                                info!(instances = count, "reconnected to ZooKeeper; rescanned");
-                                self.set_trouble(None);
-                            }
-                            Err(e) => warn!("rescan after reconnecting failed: {e}"),
-                        }
-                    }
-                    // A terminal state: this watcher must not be polled again.
-                    state => return Err(format!("ZooKeeper session ended ({state:?})")),
-                },
-                EventType::NodeCreated | EventType::NodeDataChanged => {
-                    self.reload(client, &event.path).await;
-                }
-                EventType::NodeDeleted => self.forget(&event.path),
-                EventType::NodeChildrenChanged => {}
-            }
-        }
+        Ok(watcher)
     }
 }
 
