@@ -938,6 +938,31 @@ mod tests {
     }
 
     #[test]
+    fn zookeeper_settings_are_read_and_checked() {
+        let settings = Settings::from_toml(
+            "[registry]\nkind = \"zookeeper\"\n[registry.zookeeper]\nconnect = \"zk1:2181,zk2:2181\"\nroot = \"/services/\"",
+        )
+        .unwrap();
+        match &settings.registry {
+            RegistrySettings::Zookeeper(zookeeper) => {
+                assert_eq!(zookeeper.connect, "zk1:2181,zk2:2181");
+                assert_eq!(zookeeper.root, "/services", "a trailing slash is dropped");
+            }
+            other => panic!("expected zookeeper, got {other:?}"),
+        }
+        assert_eq!(
+            error_key(
+                "[registry]\nkind = \"zookeeper\"\n[registry.zookeeper]\nroot = \"services\""
+            ),
+            "registry.zookeeper.root"
+        );
+        assert_eq!(
+            error_key("[registry]\nkind = \"zookeeper\"\n[registry.zookeeper]\nconnect = \"zk1\""),
+            "registry.zookeeper.connect"
+        );
+    }
+
+    #[test]
     fn haproxy_settings_are_checked() {
         // A Unix socket is a runtime-API address, not a webhook node.
         assert_eq!(
