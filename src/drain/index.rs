@@ -43,11 +43,10 @@ impl HoldIndex {
         }
     }
 
-    pub fn release(&self, keys: &[InstanceKey]) {
+    /// Removes the holds on `keys` and returns them (to be put back if the change fails).
+    pub fn release(&self, keys: &[InstanceKey]) -> Vec<Hold> {
         let mut map = write(&self.holds);
-        for key in keys {
-            map.remove(key);
-        }
+        keys.iter().filter_map(|key| map.remove(key)).collect()
     }
 
     /// Every hold, oldest first.

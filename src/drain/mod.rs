@@ -251,6 +251,16 @@ impl Orchestrator {
         action: Action,
     ) -> Result<(), DrainError> {
         let status = action.target_status();
+        // Online lets go of the holds before the registry shows UP: a watching registry
+        // reports the change at once, and the reconciler must not take it for a lost hold
+        // and re-assert it. Put back if the change fails.
+        let released = match action {
+            Action::Online => {
+                let keys: Vec<_> = plan.instances.iter().map(Instance::key).collect();
+                self.holds.release(&keys)
+            }
+            Action::Offline => Vec::new(),
+        };
         // Bounded: a batch of a thousand instances must not open a thousand connections to
         // the registry at once (it slows the registry and pins the memory of idle sockets).
         let writes: Vec<_> = plan
@@ -295,6 +305,7 @@ impl Orchestrator {
         }
 
         self.revert(operation, plan).await;
+        self.holds.put(&released);
         let unreachable = failures.iter().all(|(_, e)| {
             matches!(
                 e,
@@ -390,8 +401,8 @@ impl Orchestrator {
                 self.store.put_holds(&holds).await
             }
             Action::Online => {
+                // Released from memory before the registry step; now in the store.
                 let keys: Vec<_> = plan.instances.iter().map(Instance::key).collect();
-                self.holds.release(&keys);
                 self.store.release_holds(&keys).await
             }
         }
