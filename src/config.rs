@@ -231,6 +231,14 @@ pub struct DrainSettings {
     pub wait_timeout_max: Duration,
     /// Operations in flight at once; past it callers get 429.
     pub max_in_flight: usize,
+    /// How long a hold lasts at most; past it synchspeed stops re-asserting (logged).
+    pub hold_max: Duration,
+    /// How often every hold is compared with what each registry peer says.
+    pub reconcile_every: Duration,
+    /// The longest wait between two re-notifications of a node that stays down.
+    pub retry_max: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -463,6 +471,10 @@ struct RawDrain {
     wait_timeout: String,
     wait_timeout_max: String,
     max_in_flight: usize,
+    hold_max: String,
+    reconcile_every: String,
+    retry_max: String,
+    idempotency_ttl: String,
 }
 
 impl Default for RawDrain {
@@ -471,6 +483,10 @@ impl Default for RawDrain {
             wait_timeout: "30s".into(),
             wait_timeout_max: "5m".into(),
             max_in_flight: 1024,
+            hold_max: "24h".into(),
+            reconcile_every: "30s".into(),
+            retry_max: "5m".into(),
+            idempotency_ttl: "24h".into(),
         }
     }
 }
@@ -862,6 +878,10 @@ impl RawDrain {
             wait_timeout,
             wait_timeout_max,
             max_in_flight: self.max_in_flight,
+            hold_max: positive_duration("drain.hold_max", &self.hold_max)?,
+            reconcile_every: positive_duration("drain.reconcile_every", &self.reconcile_every)?,
+            retry_max: positive_duration("drain.retry_max", &self.retry_max)?,
+            idempotency_ttl: positive_duration("drain.idempotency_ttl", &self.idempotency_ttl)?,
         })
     }
 }

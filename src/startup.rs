@@ -10,11 +10,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{GatewaySettings, NotifierKind, RegistrySettings, Settings};
-use crate::drain::reassert;
 use crate::drain::{Orchestrator, Parts};
+use crate::drain::{reassert, reconcile};
 use crate::gateway::Notifier;
 use crate::gateway::by_group::NotifierByGroup;
 use crate::gateway::fanout::FanOut;
@@ -98,17 +98,6 @@ impl Application {
             .await
             .context("loading the desired state")?,
         );
-        let recovered = orchestrator
-            .recover_unfinished()
-            .await
-            .context("closing operations left unfinished")?;
-        if recovered > 0 {
-            warn!(
-                recovered,
-                "closed operations a previous run left in progress"
-            );
-        }
-
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
@@ -120,6 +109,31 @@ impl Application {
             let token = shutdown.clone();
             async move { registry.run(token).await }
         });
+        // Operations a previous run left unfinished are carried to the end in the background:
+        // those past the registry step notify at once, the others wait for the registry.
+        background.spawn({
+            let orchestrator = Arc::clone(&orchestrator);
+            let token = shutdown.clone();
+            async move {
+                match orchestrator.resume_unfinished(&token).await {
+                    Ok(0) => {}
+                    Ok(resumed) => info!(
+                        resumed,
+                        "operations left unfinished by a previous run resumed"
+                    ),
+                    Err(e) => error!("cannot read the operations left unfinished: {e}"),
+                }
+            }
+        });
+        background.spawn(reconcile::reconcile_forever(
+            Arc::clone(&orchestrator),
+            shutdown.clone(),
+        ));
+        background.spawn(forget_idempotency_keys(
+            Arc::clone(&store),
+            settings.drain.idempotency_ttl,
+            shutdown.clone(),
+        ));
         if let Some(changes) = registry.changes() {
             background.spawn(reassert::keep_held_offline(
                 Arc::clone(&orchestrator),
@@ -184,9 +198,7 @@ impl Application {
             tokio::time::timeout_at(deadline, self.server)
         );
         if !drained {
-            warn!(
-                "stopping with fan-outs unfinished; they are closed as interrupted on the next start"
-            );
+            warn!("stopping with fan-outs unfinished; journaled, they resume on the next start");
         }
         match served {
             Ok(Ok(Ok(()))) => {}
@@ -199,6 +211,30 @@ impl Application {
         self.store.close().await;
         info!("synchspeed stopped");
         Ok(())
+    }
+}
+
+/// Forgets `Idempotency-Key`s older than `ttl`, hourly (and once at start).
+async fn forget_idempotency_keys(
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let before = crate::drain::ago(ttl);
+        match store.prune_idempotency_keys(before).await {
+            Ok(0) => {}
+            Ok(forgotten) => info!(
+                forgotten,
+                "idempotency keys past drain.idempotency_ttl forgotten"
+            ),
+            Err(e) => warn!("cannot forget old idempotency keys: {e}"),
+        }
     }
 }
 

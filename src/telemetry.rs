@@ -56,6 +56,11 @@ pub struct RegistryErrorLabels {
     pub call: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HoldEndLabels {
+    pub why: String,
+}
+
 /// Every metric synchspeed exports. One value per running app (not a process global), so
 /// tests that start several apps see their own counts.
 pub struct Metrics {
@@ -65,6 +70,9 @@ pub struct Metrics {
     pub operations_in_flight: Gauge,
     pub notification_seconds: Family<NotificationLabels, Histogram>,
     pub registry_errors: Family<RegistryErrorLabels, Counter>,
+    /// Passes of the reconciler over every hold: tests and dashboards see it is alive.
+    pub reconcile_runs: Counter,
+    pub holds_ended: Family<HoldEndLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,8 +124,22 @@ impl Metrics {
             "Registry calls that failed, by registry and call",
             registry_errors.clone(),
         );
+        let reconcile_runs = Counter::default();
+        registry.register(
+            "reconcile_runs",
+            "Passes of the reconciler comparing every hold with each registry peer",
+            reconcile_runs.clone(),
+        );
+        let holds_ended = Family::<HoldEndLabels, Counter>::default();
+        registry.register(
+            "holds_ended",
+            "Holds that ended without an online call, by why (departed, replaced, expired)",
+            holds_ended.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            reconcile_runs,
+            holds_ended,
             http_requests,
             operations,
             operations_in_flight,

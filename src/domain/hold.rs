@@ -6,11 +6,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{AppName, InstanceKey, OperationId};
+use super::{AppName, Instance, InstanceKey, OperationId};
 use crate::domain::operation::millis;
 
 /// One held instance. Identified by app and instance id, and by the registration time where
-/// the registry has one: a process that registers anew on the same IP is not the one held.
+/// the registry keeps one per process (ZooKeeper): a process that registers anew is not the
+/// one held. Eureka stamps a new registration time on every `register` call, even from the
+/// same process after a 404 heartbeat, so there the id alone identifies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Hold {
@@ -33,5 +35,17 @@ impl Hold {
             app: self.app.clone(),
             instance_id: self.instance_id.clone(),
         }
+    }
+
+    /// Whether `instance` is the very registration held. `by_registration_time`: the registry
+    /// keeps one registration time per process, so a different one is a different process.
+    pub fn is_of(&self, instance: &Instance, by_registration_time: bool) -> bool {
+        self.app == instance.app
+            && self.instance_id == instance.instance_id
+            && (!by_registration_time
+                || match (self.registered_at, instance.registered_at) {
+                    (Some(held), Some(seen)) => held == seen,
+                    _ => true,
+                })
     }
 }

@@ -6,8 +6,11 @@
 //! put back and the operation fails with nothing notified.
 
 mod index;
+mod lanes;
 mod plan;
 pub mod reassert;
+pub mod reconcile;
+mod resume;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, warn};
 
 use index::{HoldIndex, LastOperationIndex};
+use lanes::{LaneGuard, Lanes};
 pub use plan::{Plan, describe};
 
 use crate::config::DrainSettings;
@@ -33,7 +37,7 @@ use crate::gateway::nodes::NodeDirectory;
 use crate::gateway::{Notification, NotifiedInstance};
 use crate::groups::{GroupSource, GroupsError};
 use crate::registry::{Registry, RegistryError};
-use crate::store::{Store, StoreError};
+use crate::store::{IdempotencyKey, Store, StoreError};
 use crate::telemetry::{Metrics, NotificationLabels, OperationLabels};
 
 /// Registry writes one operation keeps in flight at once.
@@ -50,6 +54,12 @@ pub struct DrainRequest {
     pub dry_run: bool,
     /// `Some` when the caller waits for every node, at most this long.
     pub wait: Option<Duration>,
+    /// Offline of instances already held runs again (registry and every node) instead of
+    /// answering with the operation that holds them.
+    pub force: bool,
+    /// The caller's `Idempotency-Key`: the same key for the same request returns the
+    /// operation the first one created.
+    pub idempotency_key: Option<String>,
 }
 
 /// How a request ended, from the caller's point of view.
@@ -63,6 +73,11 @@ pub enum DrainOutcome {
     Settled(Operation),
     /// The caller waited and the timeout came first (state `in_progress`).
     TimedOut(Operation),
+    /// Offline of instances already held (and out of service): the operation that holds
+    /// them, nothing done again.
+    AlreadyHeld(Operation),
+    /// An `Idempotency-Key` seen before: the operation the first request created, as it is now.
+    Replayed(Operation),
 }
 
 /// Why a request changed nothing (or was undone).
@@ -86,6 +101,10 @@ pub enum DrainError {
         message: String,
         operation: Box<Operation>,
     },
+    #[error("Idempotency-Key '{0}' was used for another request")]
+    IdempotencyKeyReused(String),
+    #[error("a request with Idempotency-Key '{0}' is still being handled")]
+    IdempotencyKeyInFlight(String),
     #[error(transparent)]
     Groups(GroupsError),
     #[error(transparent)]
@@ -121,6 +140,10 @@ pub struct Orchestrator {
     holds: HoldIndex,
     /// Newest operation per IP, for reads.
     last_operations: LastOperationIndex,
+    /// Operations on one IP run in the order they arrived.
+    lanes: Lanes,
+    /// Idempotency keys whose first request is still running.
+    claimed_keys: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Dependencies of the orchestrator, built by `startup`.
@@ -152,6 +175,8 @@ impl Orchestrator {
             tasks: TaskTracker::new(),
             holds,
             last_operations,
+            lanes: Lanes::default(),
+            claimed_keys: Mutex::default(),
         })
     }
 
@@ -207,13 +232,42 @@ impl Orchestrator {
         if self.tasks.is_closed() {
             return Err(DrainError::ShuttingDown);
         }
+        let key = request.idempotency_key.as_ref().map(|key| IdempotencyKey {
+            principal: request.caller.principal.clone().unwrap_or_default(),
+            key: key.clone(),
+            fingerprint: fingerprint(&request),
+        });
+        // Claimed before the lookup: a second request with the key arriving meanwhile is
+        // told to wait rather than running the change twice.
+        let _claim = match &key {
+            Some(key) => {
+                let claim = KeyClaim::take(&self.claimed_keys, key)?;
+                if let Some(operation) = self.replay(key).await? {
+                    return Ok(DrainOutcome::Replayed(operation));
+                }
+                Some(claim)
+            }
+            None => None,
+        };
         let permit = Arc::clone(&self.in_flight)
             .try_acquire_owned()
             .map_err(|_| DrainError::Busy)?;
+        let lane = self
+            .lanes
+            .enter(request.targets.iter().map(|target| target.ip))
+            .await;
         let plan = self.plan(&request.targets).await?;
+        if request.action == Action::Offline
+            && !request.force
+            && let Some(operation) = self.holding_operation(&plan).await?
+        {
+            return Ok(DrainOutcome::AlreadyHeld(operation));
+        }
         let mut operation = new_operation(&request, &plan);
         // Journal before the first side effect.
-        self.store.insert_operation(&operation).await?;
+        self.store
+            .insert_operation(&operation, key.as_ref())
+            .await?;
         self.last_operations.record(&operation);
         self.metrics.operations_in_flight.inc();
         let span =
@@ -226,10 +280,53 @@ impl Orchestrator {
             record_settled(&self.metrics, &operation);
             return Err(error);
         }
-        let receiver = self.start_fanout(operation, &plan, permit, span);
+        let receiver = self.start_fanout(operation, &plan, permit, lane, span);
         match request.wait {
             None => Ok(DrainOutcome::Accepted(receiver.borrow().clone())),
             Some(timeout) => Ok(wait_for(receiver, timeout).await),
+        }
+    }
+
+    /// The operation a key created, if the key was seen within `drain.idempotency_ttl`.
+    async fn replay(&self, key: &IdempotencyKey) -> Result<Option<Operation>, DrainError> {
+        let since = ago(self.settings.idempotency_ttl);
+        let Some((fingerprint, id)) = self
+            .store
+            .idempotent_operation(&key.principal, &key.key, since)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if fingerprint != key.fingerprint {
+            return Err(DrainError::IdempotencyKeyReused(key.key.clone()));
+        }
+        Ok(self.operation(&id).await?)
+    }
+
+    /// When every planned instance is already held and out of service: the operation that
+    /// took the first of them out.
+    async fn holding_operation(&self, plan: &Plan) -> Result<Option<Operation>, StoreError> {
+        let by_time = self.registry.registration_time_identifies_process();
+        let mut holding = None;
+        for instance in &plan.instances {
+            if instance.status != Status::OutOfService {
+                return Ok(None);
+            }
+            let hold = self
+                .holds
+                .on_ip(instance.ip)
+                .into_iter()
+                .find(|hold| hold.is_of(instance, by_time));
+            match hold {
+                Some(hold) => {
+                    holding.get_or_insert(hold.operation_id);
+                }
+                None => return Ok(None),
+            }
+        }
+        match holding {
+            Some(id) => self.operation(&id).await,
+            None => Ok(None),
         }
     }
 
@@ -383,17 +480,34 @@ impl Orchestrator {
     ) -> Result<(), StoreError> {
         match action {
             Action::Offline => {
+                // A re-assertion continues the hold it enforces: `hold_max` counts from the
+                // operator's offline, not from the reconciler's last correction.
+                let reasserting =
+                    operation.caller.principal.as_deref() == Some(reassert::PRINCIPAL);
+                let now = Utc::now();
                 let holds: Vec<Hold> = plan
                     .instances
                     .iter()
-                    .map(|instance| Hold {
-                        app: instance.app.clone(),
-                        instance_id: instance.instance_id.clone(),
-                        ip: instance.ip,
-                        port: instance.port,
-                        registered_at: instance.registered_at,
-                        operation_id: operation.id.clone(),
-                        since: Utc::now(),
+                    .map(|instance| {
+                        let since = reasserting
+                            .then(|| {
+                                self.holds
+                                    .on_ip(instance.ip)
+                                    .into_iter()
+                                    .find(|hold| hold.key() == instance.key())
+                                    .map(|hold| hold.since)
+                            })
+                            .flatten()
+                            .unwrap_or(now);
+                        Hold {
+                            app: instance.app.clone(),
+                            instance_id: instance.instance_id.clone(),
+                            ip: instance.ip,
+                            port: instance.port,
+                            registered_at: instance.registered_at,
+                            operation_id: operation.id.clone(),
+                            since,
+                        }
                     })
                     .collect();
                 // Memory first: the registry has changed whatever the store says next.
@@ -414,9 +528,16 @@ impl Orchestrator {
         operation: Operation,
         plan: &Plan,
         permit: OwnedSemaphorePermit,
+        lane: LaneGuard,
         span: tracing::Span,
     ) -> watch::Receiver<Operation> {
         let notifications = notifications(&operation, plan);
+        // Nodes that already answered (a resumed operation) are not told again.
+        let pending: Vec<bool> = operation
+            .gateways
+            .iter()
+            .map(|node| node.state == NodeState::Pending)
+            .collect();
         let id = operation.id.clone();
         let (sender, receiver) = watch::channel(operation);
         let sender = Arc::new(sender);
@@ -424,6 +545,7 @@ impl Orchestrator {
             .deliveries
             .iter()
             .enumerate()
+            .filter(|(slot, _)| pending.get(*slot).copied().unwrap_or(false))
             .filter_map(|(slot, (node, app))| {
                 Some(Job {
                     slot,
@@ -439,8 +561,10 @@ impl Orchestrator {
         let metrics = Arc::clone(&self.metrics);
         let live = Arc::clone(&self.live);
         let task = async move {
-            // Held until the operation settles: `drain.max_in_flight` counts whole operations.
+            // Held until the operation settles: `drain.max_in_flight` counts whole operations,
+            // and the next operation on these IPs starts after this one's last answer.
             let _permit = permit;
+            let _lane = lane;
             futures::pin_mut!(deliveries);
             while let Some((slot, delivery)) = deliveries.next().await {
                 metrics
@@ -481,38 +605,6 @@ impl Orchestrator {
         receiver
     }
 
-    /// Marks operations a previous process left `in_progress` (it stopped mid-way): nodes
-    /// that never answered are failed with that reason, and an operation that never reached
-    /// the registry failed with nothing changed.
-    pub async fn recover_unfinished(&self) -> Result<usize, StoreError> {
-        let unfinished = self.store.unfinished_operations().await?;
-        let count = unfinished.len();
-        for mut operation in unfinished {
-            let now = Utc::now();
-            if operation.registry_updated_at.is_none() {
-                operation.state = OperationState::Failed;
-                operation.completed_at = Some(now);
-                operation.error = Some(OperationError {
-                    code: "interrupted".into(),
-                    message:
-                        "synchspeed stopped before the registry step finished; nothing was notified"
-                            .into(),
-                });
-            } else {
-                for node in &mut operation.gateways {
-                    if node.state == NodeState::Pending {
-                        node.state = NodeState::Failed;
-                        node.error = Some("synchspeed stopped before this node answered".into());
-                    }
-                }
-                operation.settle(now);
-            }
-            warn!(operation = %operation.id, state = operation.state.as_str(), "operation left unfinished by a previous run closed");
-            self.store.update_operation(&operation).await?;
-        }
-        Ok(count)
-    }
-
     /// Stops taking operations and waits up to `grace` for the running fan-outs.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.tasks.close();
@@ -520,11 +612,31 @@ impl Orchestrator {
         if !finished {
             warn!(
                 running = self.tasks.len(),
-                "shutdown grace elapsed with fan-outs still running"
+                "shutdown grace elapsed with fan-outs still running; journaling where they stand"
             );
+            // The next start resumes from here and tells only the nodes that had not
+            // answered yet.
+            let snapshots: Vec<Operation> = lock(&self.live)
+                .values()
+                .map(|receiver| receiver.borrow().clone())
+                .collect();
+            for operation in snapshots {
+                if let Err(e) = self.store.update_operation(&operation).await {
+                    error!(operation = %operation.id, "cannot journal the unfinished operation: {e}");
+                }
+            }
         }
         finished
     }
+}
+
+/// The time `span` ago; the earliest time there is for spans beyond the calendar (a config
+/// can say `1000000years`).
+pub fn ago(span: Duration) -> chrono::DateTime<Utc> {
+    chrono::Duration::from_std(span)
+        .ok()
+        .and_then(|span| Utc::now().checked_sub_signed(span))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -633,6 +745,49 @@ async fn wait_for(mut receiver: watch::Receiver<Operation>, timeout: Duration) -
         // holds the settled operation.
         Ok(Err(_)) => DrainOutcome::Settled(receiver.borrow().clone()),
         Err(_) => DrainOutcome::TimedOut(receiver.borrow().clone()),
+    }
+}
+
+/// What a request asks, for comparing two uses of one `Idempotency-Key`: the action and the
+/// targets (not how the caller waits, nor the reason).
+fn fingerprint(request: &DrainRequest) -> String {
+    let targets: Vec<String> = request
+        .targets
+        .iter()
+        .map(|t| {
+            format!(
+                "{}:{}:{}",
+                t.ip,
+                t.port.map(|p| p.to_string()).unwrap_or_default(),
+                t.app.as_ref().map(|a| a.as_str()).unwrap_or_default()
+            )
+        })
+        .collect();
+    format!("{} {}", request.action.as_str(), targets.join(","))
+}
+
+/// An idempotency key whose request is running; released when that request returns.
+struct KeyClaim<'a> {
+    claimed: &'a Mutex<std::collections::HashSet<(String, String)>>,
+    id: (String, String),
+}
+
+impl<'a> KeyClaim<'a> {
+    fn take(
+        claimed: &'a Mutex<std::collections::HashSet<(String, String)>>,
+        key: &IdempotencyKey,
+    ) -> Result<Self, DrainError> {
+        let id = (key.principal.clone(), key.key.clone());
+        if !lock(claimed).insert(id.clone()) {
+            return Err(DrainError::IdempotencyKeyInFlight(key.key.clone()));
+        }
+        Ok(Self { claimed, id })
+    }
+}
+
+impl Drop for KeyClaim<'_> {
+    fn drop(&mut self) {
+        lock(self.claimed).remove(&self.id);
     }
 }
 

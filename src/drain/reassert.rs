@@ -16,19 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{DrainOutcome, DrainRequest, Orchestrator};
-use crate::domain::{Action, Caller, Hold, Instance, Status, Target};
+use crate::domain::{Action, Caller, Instance, Status, Target};
 
 pub const PRINCIPAL: &str = "synchspeed-reconciler";
-
-/// Whether `hold` is about this very registration of `instance`.
-fn holds(hold: &Hold, instance: &Instance) -> bool {
-    hold.app == instance.app
-        && hold.instance_id == instance.instance_id
-        && match (hold.registered_at, instance.registered_at) {
-            (Some(held), Some(seen)) => held == seen,
-            _ => true,
-        }
-}
 
 /// Follows registry changes until `shutdown`.
 pub async fn keep_held_offline(
@@ -57,12 +47,15 @@ async fn check(orchestrator: &Orchestrator, instance: &Instance) {
     if instance.status == Status::OutOfService {
         return;
     }
+    let by_time = orchestrator
+        .registry()
+        .registration_time_identifies_process();
     let held = orchestrator
         .holds_on(instance.ip)
         .into_iter()
-        .any(|hold| holds(&hold, instance));
+        .any(|hold| hold.is_of(instance, by_time));
     if held {
-        reassert(orchestrator, instance).await;
+        reassert(orchestrator, instance, orchestrator.registry().kind()).await;
     }
 }
 
@@ -72,13 +65,18 @@ async fn sweep(orchestrator: &Orchestrator) {
         let Ok(instances) = orchestrator.registry().instances_on(hold.ip).await else {
             continue;
         };
-        for instance in instances.iter().filter(|i| holds(&hold, i)) {
+        let by_time = orchestrator
+            .registry()
+            .registration_time_identifies_process();
+        for instance in instances.iter().filter(|i| hold.is_of(i, by_time)) {
             check(orchestrator, instance).await;
         }
     }
 }
 
-async fn reassert(orchestrator: &Orchestrator, instance: &Instance) {
+/// Takes `instance` out again on every peer and tells the gateways again. `seen_by` names
+/// where it showed up as UP, for the audit trail.
+pub(super) async fn reassert(orchestrator: &Orchestrator, instance: &Instance, seen_by: &str) {
     warn!(app = %instance.app, instance = %instance.instance_id, ip = %instance.ip,
         status = %instance.status, "a held instance is back in the registry as {}; re-asserting OUT_OF_SERVICE", instance.status);
     let request = DrainRequest {
@@ -89,7 +87,7 @@ async fn reassert(orchestrator: &Orchestrator, instance: &Instance) {
             app: Some(instance.app.clone()),
         }],
         reason: Some(format!(
-            "re-asserted: {} {} showed {} while held offline",
+            "re-asserted: {} {} showed {} on {seen_by} while held offline",
             instance.app, instance.instance_id, instance.status
         )),
         caller: Caller {
@@ -98,6 +96,9 @@ async fn reassert(orchestrator: &Orchestrator, instance: &Instance) {
         },
         dry_run: false,
         wait: None,
+        // The cache may still say OUT_OF_SERVICE where a peer does not: write every peer.
+        force: true,
+        idempotency_key: None,
     };
     match orchestrator.execute(request).await {
         Ok(DrainOutcome::Accepted(operation) | DrainOutcome::Settled(operation)) => {
@@ -106,45 +107,5 @@ async fn reassert(orchestrator: &Orchestrator, instance: &Instance) {
         Ok(_) => {}
         Err(e) => error!(app = %instance.app, instance = %instance.instance_id,
             "cannot re-assert OUT_OF_SERVICE: {e}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{AppName, OperationId};
-
-    fn instance(id: &str, registered_at: Option<i64>) -> Instance {
-        Instance {
-            app: AppName::parse("ORDER-SERVICE").unwrap(),
-            instance_id: id.into(),
-            ip: "10.0.0.5".parse().unwrap(),
-            port: 8080,
-            status: Status::Up,
-            registered_at,
-            metadata: Default::default(),
-        }
-    }
-
-    #[test]
-    fn only_the_held_registration_is_held() {
-        let hold = Hold {
-            app: AppName::parse("ORDER-SERVICE").unwrap(),
-            instance_id: "a".into(),
-            ip: "10.0.0.5".parse().unwrap(),
-            port: 8080,
-            registered_at: Some(100),
-            operation_id: OperationId::generate(),
-            since: chrono::Utc::now(),
-        };
-        assert!(
-            holds(&hold, &instance("a", Some(100))),
-            "the same registration"
-        );
-        assert!(
-            !holds(&hold, &instance("b", Some(100))),
-            "another instance id"
-        );
-        assert!(!holds(&hold, &instance("a", Some(200))), "registered anew");
     }
 }

@@ -25,6 +25,10 @@ pub enum ApiError {
     NotFound { code: &'static str, message: String },
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("too many operations in flight; try again in {retry_after} s")]
@@ -80,6 +84,8 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
@@ -177,6 +183,14 @@ impl From<DrainError> for ApiError {
                 message: format!("the registry refused the change: {message}; no gateway was told"),
                 operation: Some(operation),
             },
+            error @ DrainError::IdempotencyKeyReused(_) => ApiError::Unprocessable {
+                code: "idempotency_key_reused",
+                message: format!("{error}; use a new key for a new request"),
+            },
+            error @ DrainError::IdempotencyKeyInFlight(_) => ApiError::Conflict {
+                code: "idempotency_key_in_use",
+                message: format!("{error}; retry once it has answered"),
+            },
             DrainError::Groups(e) => ApiError::Unavailable {
                 code: "groups_unavailable",
                 message: format!("{e}; nothing was changed"),
@@ -188,16 +202,53 @@ impl From<DrainError> for ApiError {
 }
 
 /// The response to an offline, online or batch call that got as far as an operation.
+/// Says that an answer is the operation an earlier request created (`Idempotency-Key`).
+pub const REPLAYED: &str = "idempotent-replayed";
+/// Says that an offline found the instances already held and did nothing again.
+pub const ALREADY_HELD: &str = "synchspeed-already-held";
+
+fn accepted(operation: Operation) -> Response {
+    let location = format!("/api/v1/operations/{}", operation.id);
+    let mut response = (StatusCode::ACCEPTED, Json(operation)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn flagged(mut response: Response, name: &'static str) -> Response {
+    response
+        .headers_mut()
+        .insert(name, HeaderValue::from_static("true"));
+    response
+}
+
 pub fn outcome_response(outcome: DrainOutcome) -> Response {
     match outcome {
         DrainOutcome::Planned(operation) => (StatusCode::OK, Json(operation)).into_response(),
-        DrainOutcome::Accepted(operation) => {
-            let location = format!("/api/v1/operations/{}", operation.id);
-            let mut response = (StatusCode::ACCEPTED, Json(operation)).into_response();
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            response
+        DrainOutcome::Accepted(operation) => accepted(operation),
+        DrainOutcome::AlreadyHeld(operation) => flagged(
+            (StatusCode::OK, Json(operation)).into_response(),
+            ALREADY_HELD,
+        ),
+        // The status the operation's state would have had first time round.
+        DrainOutcome::Replayed(operation) => {
+            let response = match operation.state {
+                OperationState::InProgress => accepted(operation),
+                OperationState::Succeeded | OperationState::Planned => {
+                    (StatusCode::OK, Json(operation)).into_response()
+                }
+                OperationState::Failed
+                    if operation
+                        .error
+                        .as_ref()
+                        .is_some_and(|e| e.code == "registry_unavailable") =>
+                {
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(operation)).into_response()
+                }
+                _ => (StatusCode::BAD_GATEWAY, Json(operation)).into_response(),
+            };
+            flagged(response, REPLAYED)
         }
         DrainOutcome::Settled(operation) => {
             let status = match operation.state {

@@ -6,6 +6,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -17,6 +18,13 @@ use crate::domain::ip::parse_ip;
 use crate::domain::{Action, AppName, Caller, Hold, Operation, Status, Target};
 use crate::drain::DrainRequest;
 
+/// The parts of an offline or online call besides the path.
+struct ChangeRequest {
+    headers: HeaderMap,
+    query: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+}
+
 fn path_ip(raw: &str) -> Result<IpAddr, ApiError> {
     parse_ip(raw).map_err(|e| ApiError::bad_request("invalid_ip", e.to_string()))
 }
@@ -26,10 +34,15 @@ async fn change(
     action: Action,
     caller: Caller,
     ip: String,
-    query: Option<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: ChangeRequest,
 ) -> Result<Response, ApiError> {
+    let ChangeRequest {
+        headers,
+        query,
+        body,
+    } = request;
     let ip = path_ip(&ip)?;
+    let idempotency_key = options::idempotency_key(&headers)?;
     let options = options::instance_options(query.as_deref(), body, state.body_limit)?;
     let orchestrator = &state.orchestrator;
     let request = DrainRequest {
@@ -43,6 +56,8 @@ async fn change(
         caller,
         dry_run: options.dry_run.unwrap_or(false),
         wait: options::wait(options.wait, options.timeout, orchestrator.settings())?,
+        force: options.force.unwrap_or(false),
+        idempotency_key,
     };
     let outcome = orchestrator.execute(request).await?;
     Ok(outcome_response(outcome))
@@ -53,15 +68,19 @@ async fn change(
     post,
     path = "/api/v1/instances/{ip}/offline",
     tag = "instances",
-    params(("ip" = String, Path, description = "IPv4 or IPv6 address of the instance"), InstanceOptions),
+    params(("ip" = String, Path, description = "IPv4 or IPv6 address of the instance"), InstanceOptions,
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key for the same request returns the first request's operation (header idempotent-replayed: true)")),
     request_body(content = Option<InstanceOptions>, description = "The same options as JSON (body wins)"),
     responses(
-        (status = 200, description = "Dry run, or wait=true and every node acknowledged", body = Operation),
+        (status = 200, description = "Dry run; wait=true and every node acknowledged; or every instance already held (header synchspeed-already-held: true, the holding operation)", body = Operation),
         (status = 202, description = "Registry updated, fan-out under way", body = Operation,
             headers(("Location" = String, description = "/api/v1/operations/{id}"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No registered instance matches", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 409, description = "The same Idempotency-Key is still being handled", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used for another request", body = ErrorBody),
+        (status = 429, body = ErrorBody),
         (status = 502, description = "Registry refused (error body), or wait=true and some nodes failed (the operation, state partial)", body = Operation),
         (status = 503, description = "Registry unreachable: nothing changed", body = ErrorBody),
         (status = 504, description = "wait=true and the timeout came first (the operation, in_progress)", body = Operation),
@@ -71,10 +90,16 @@ pub async fn post_offline(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(ip): Path<String>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    change(state, Action::Offline, caller, ip, query, body).await
+    let request = ChangeRequest {
+        headers,
+        query,
+        body,
+    };
+    change(state, Action::Offline, caller, ip, request).await
 }
 
 /// Bring the instances on `{ip}` back: registry UP, gateways told to route again.
@@ -82,7 +107,8 @@ pub async fn post_offline(
     post,
     path = "/api/v1/instances/{ip}/online",
     tag = "instances",
-    params(("ip" = String, Path, description = "IPv4 or IPv6 address of the instance"), InstanceOptions),
+    params(("ip" = String, Path, description = "IPv4 or IPv6 address of the instance"), InstanceOptions,
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key for the same request returns the first request's operation (header idempotent-replayed: true)")),
     request_body(content = Option<InstanceOptions>, description = "The same options as JSON (body wins)"),
     responses(
         (status = 200, body = Operation), (status = 202, body = Operation),
@@ -95,10 +121,16 @@ pub async fn post_online(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(ip): Path<String>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    change(state, Action::Online, caller, ip, query, body).await
+    let request = ChangeRequest {
+        headers,
+        query,
+        body,
+    };
+    change(state, Action::Online, caller, ip, request).await
 }
 
 /// What synchspeed and the registry know of one IP.

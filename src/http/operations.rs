@@ -121,6 +121,8 @@ pub struct BatchRequest {
     pub wait: Option<bool>,
     pub timeout: Option<String>,
     pub dry_run: Option<bool>,
+    /// Offline of instances already held: do it all again.
+    pub force: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -148,8 +150,10 @@ pub struct BatchTarget {
 pub async fn post_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = options::idempotency_key(&headers)?;
     let batch: BatchRequest = json_body(body, state.body_limit)?
         .ok_or_else(|| ApiError::bad_request("invalid_json", "a batch needs a JSON body"))?;
     if batch.targets.is_empty() || batch.targets.len() > MAX_TARGETS {
@@ -190,6 +194,8 @@ pub async fn post_batch(
         caller,
         dry_run: batch.dry_run.unwrap_or(false),
         wait: options::wait(batch.wait, batch.timeout, orchestrator.settings())?,
+        force: batch.force.unwrap_or(false),
+        idempotency_key,
     };
     Ok(outcome_response(orchestrator.execute(request).await?))
 }

@@ -32,6 +32,9 @@ pub struct InstanceOptions {
     pub timeout: Option<String>,
     /// Resolve and return the plan, change nothing.
     pub dry_run: Option<bool>,
+    /// Offline of instances already held: run the registry step and notify every node again
+    /// (without it, the answer is the operation that holds them, nothing redone).
+    pub force: Option<bool>,
 }
 
 impl InstanceOptions {
@@ -44,6 +47,7 @@ impl InstanceOptions {
             wait: body.wait.or(self.wait),
             timeout: body.timeout.or(self.timeout),
             dry_run: body.dry_run.or(self.dry_run),
+            force: body.force.or(self.force),
         }
     }
 }
@@ -81,6 +85,34 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
+}
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, or absent.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = |why: &str| ApiError::bad_request("invalid_idempotency_key", why.to_owned());
+    if values.next().is_some() {
+        return Err(invalid("Idempotency-Key is given more than once"));
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(invalid(&format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+        )));
+    }
+    if !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "Idempotency-Key must be visible ASCII characters without spaces",
+        ));
+    }
+    // Checked above: every byte is visible ASCII.
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 pub fn reason(raw: Option<String>) -> Result<Option<String>, ApiError> {

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{AppName, Instance, PeerResult, Status};
+use crate::domain::{AppName, Instance, InstanceKey, PeerResult, Status};
 
 /// Why a registry call failed. `Unreachable` means nothing answered: the change was not made
 /// anywhere, and it is worth trying again later.
@@ -31,6 +31,15 @@ pub enum RegistryError {
     Malformed(String),
     #[error("the registry cache is not loaded yet: {0}")]
     NotReady(String),
+}
+
+/// What one authority says of one registration right now.
+#[derive(Debug, Clone)]
+pub enum Sighting {
+    Present(Instance),
+    Absent,
+    /// It could not be asked (down, slow, garbled): nothing can be concluded from it.
+    Unknown(String),
 }
 
 /// The result of writing a status: every authority's answer, with at least one acceptance.
@@ -73,5 +82,30 @@ pub trait Registry: Send + Sync {
     /// what the reconciler compares with the desired state. `None` for backends that poll.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Instance>> {
         None
+    }
+
+    /// Whether a registration time identifies one process (Curator keeps it for the life of
+    /// the process). Eureka stamps a new one on every `register`, even from the same process.
+    fn registration_time_identifies_process(&self) -> bool {
+        false
+    }
+
+    /// What each authority says of `key` (on `ip`) now, for the reconciler. The default reads
+    /// the cache, which is authoritative for registries kept current by a watch; registries
+    /// with several peers and cached lists ask each peer directly.
+    async fn sightings(&self, key: &InstanceKey, ip: IpAddr) -> Vec<(String, Sighting)> {
+        // A cache that is not current (a lost session, a failing refresh) proves nothing.
+        let current = match self.readiness().await {
+            Ok(()) => self.instances_on(ip).await,
+            Err(e) => Err(e),
+        };
+        let sighting = match current {
+            Ok(instances) => instances
+                .into_iter()
+                .find(|instance| instance.key() == *key)
+                .map_or(Sighting::Absent, Sighting::Present),
+            Err(e) => Sighting::Unknown(e.to_string()),
+        };
+        vec![(self.kind().to_owned(), sighting)]
     }
 }

@@ -33,12 +33,41 @@ pub struct OperationFilter {
     pub limit: u32,
 }
 
+/// An `Idempotency-Key` as journaled with the operation it created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The caller's principal, empty without a token: keys of different callers never meet.
+    pub principal: String,
+    pub key: String,
+    /// What was asked (action and targets), to refuse the same key for another request.
+    pub fingerprint: String,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Journals a new operation with the instances it touches.
-    async fn insert_operation(&self, operation: &Operation) -> Result<(), StoreError>;
+    /// Journals a new operation with the instances it touches, and the caller's
+    /// `Idempotency-Key` with it (one transaction: the key never points nowhere).
+    async fn insert_operation(
+        &self,
+        operation: &Operation,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(), StoreError>;
+
+    /// The fingerprint and operation of a key journaled after `since`.
+    async fn idempotent_operation(
+        &self,
+        principal: &str,
+        key: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(String, OperationId)>, StoreError>;
+
+    /// Forgets keys journaled before `before`.
+    async fn prune_idempotency_keys(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError>;
 
     /// Replaces the record of a journaled operation (its instances do not change).
     async fn update_operation(&self, operation: &Operation) -> Result<(), StoreError>;

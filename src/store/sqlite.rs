@@ -10,7 +10,7 @@ use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{OperationFilter, Store, StoreError};
+use super::{IdempotencyKey, OperationFilter, Store, StoreError};
 use crate::domain::operation::millis;
 use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, OperationState, Status};
 
@@ -111,7 +111,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn insert_operation(&self, operation: &Operation) -> Result<(), StoreError> {
+    async fn insert_operation(
+        &self,
+        operation: &Operation,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(), StoreError> {
         let body = encode_operation(operation)?;
         let id = operation.id.to_string();
         let mut tx = self.pool.begin().await?;
@@ -142,8 +146,59 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(key) = key {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (principal, key, fingerprint, operation_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (principal, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                     operation_id = excluded.operation_id, created_at = excluded.created_at",
+            )
+            .bind(&key.principal)
+            .bind(&key.key)
+            .bind(&key.fingerprint)
+            .bind(&id)
+            .bind(millis::format(&operation.created_at))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn idempotent_operation(
+        &self,
+        principal: &str,
+        key: &str,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<Option<(String, OperationId)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, operation_id FROM idempotency_keys
+             WHERE principal = ?1 AND key = ?2 AND created_at >= ?3",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(millis::format(&since))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let id: String = row.get("operation_id");
+            let id = id
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("idempotency key operation: {e}")))?;
+            Ok((row.get("fingerprint"), id))
+        })
+        .transpose()
+    }
+
+    async fn prune_idempotency_keys(
+        &self,
+        before: chrono::DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
+            .bind(millis::format(&before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn update_operation(&self, operation: &Operation) -> Result<(), StoreError> {

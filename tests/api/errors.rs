@@ -32,7 +32,7 @@ async fn bad_requests_are_400_with_a_precise_code_and_change_nothing() {
             "invalid_duration",
         ),
         (
-            "/api/v1/instances/10.0.0.5/offline?force=true",
+            "/api/v1/instances/10.0.0.5/offline?forcefully=true",
             "invalid_option",
         ),
         (

@@ -18,7 +18,7 @@ pub use client::{EurekaClient, Peer, PeerError, error_chain};
 use model::{Applications, reconcile_hash};
 
 use super::cache::InstanceCache;
-use super::{Registry, RegistryError, StatusChange};
+use super::{Registry, RegistryError, Sighting, StatusChange};
 use crate::config::EurekaSettings;
 use crate::domain::{AppName, Instance, InstanceKey, PeerOutcome, PeerResult, Status};
 use crate::telemetry::Metrics;
@@ -283,6 +283,28 @@ impl Registry for EurekaRegistry {
         self.cache.set_status(&instance.key(), status);
         self.mirror().statuses.insert(instance.key(), status);
         Ok(change)
+    }
+
+    /// Every peer, uncached (`GET apps/{APP}/{id}` reads the registry itself, §1.6): a peer
+    /// that missed a write or lost its override map shows it here before any cache does.
+    async fn sightings(&self, key: &InstanceKey, _ip: IpAddr) -> Vec<(String, Sighting)> {
+        let app = key.app.as_str();
+        let id = key.instance_id.as_str();
+        join_all(self.client.peers.iter().map(|peer| async move {
+            let sighting = match self.client.get_instance(peer, app, id).await {
+                Ok(info) => match info.to_instance(app) {
+                    Ok(instance) => Sighting::Present(instance),
+                    Err(why) => Sighting::Unknown(format!("{}: {why}", peer.display())),
+                },
+                Err(PeerError::Status { status: 404, .. }) => Sighting::Absent,
+                Err(error) => {
+                    self.metrics.registry_error("eureka", "verify");
+                    Sighting::Unknown(error.to_string())
+                }
+            };
+            (peer.display().to_owned(), sighting)
+        }))
+        .await
     }
 
     async fn refresh(&self) -> Result<(), RegistryError> {

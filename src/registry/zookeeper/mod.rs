@@ -421,6 +421,10 @@ impl Registry for ZookeeperRegistry {
         Some(self.changes.subscribe())
     }
 
+    fn registration_time_identifies_process(&self) -> bool {
+        true
+    }
+
     async fn run(&self, shutdown: CancellationToken) {
         let mut pause = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
