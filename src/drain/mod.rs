@@ -401,7 +401,19 @@ impl Orchestrator {
             return Ok(());
         }
 
-        self.revert(operation, plan).await;
+        // A write that got no answer may still land: it is put back too.
+        let uncertain: Vec<bool> = operation
+            .instances
+            .iter()
+            .zip(&plan.instances)
+            .map(|(record, instance)| {
+                record.registry == RegistryStep::Failed
+                    && failures.iter().any(|(failed, e)| {
+                        failed.key() == instance.key() && matches!(e, RegistryError::Unreachable(_))
+                    })
+            })
+            .collect();
+        self.revert(operation, plan, &uncertain).await;
         self.holds.put(&released);
         let unreachable = failures.iter().all(|(_, e)| {
             matches!(
@@ -448,11 +460,17 @@ impl Orchestrator {
         })
     }
 
-    /// Puts back the instances of a failed registry step that did take the change, so a
-    /// failed operation leaves the registry as it found it.
-    async fn revert(&self, operation: &mut Operation, plan: &Plan) {
-        for (record, instance) in operation.instances.iter_mut().zip(&plan.instances) {
-            if record.registry != RegistryStep::Updated {
+    /// Puts back the instances of a failed registry step that did take the change, and those
+    /// whose write got no answer (`uncertain`: it may land late), so a failed operation leaves
+    /// the registry as it found it. Writing the status it had is harmless where nothing landed.
+    async fn revert(&self, operation: &mut Operation, plan: &Plan, uncertain: &[bool]) {
+        for ((record, instance), uncertain) in operation
+            .instances
+            .iter_mut()
+            .zip(&plan.instances)
+            .zip(uncertain)
+        {
+            if record.registry != RegistryStep::Updated && !uncertain {
                 continue;
             }
             // Only UP and OUT_OF_SERVICE are ours to write back; anything else was the
@@ -462,7 +480,18 @@ impl Orchestrator {
                 record.registry = RegistryStep::Reverted;
                 continue;
             }
-            match self.registry.set_status(instance, before).await {
+            let result = self.registry.set_status(instance, before).await;
+            if *uncertain {
+                let first = record.error.take().unwrap_or_default();
+                record.error = Some(match result {
+                    Ok(_) => format!("{first}; put back in case it lands late"),
+                    Err(e) => {
+                        format!("{first}; putting it back in case it lands late failed too: {e}")
+                    }
+                });
+                continue;
+            }
+            match result {
                 Ok(_) => record.registry = RegistryStep::Reverted,
                 Err(e) => {
                     error!(app = %instance.app, id = %instance.instance_id, "cannot revert the registry change: {e}");

@@ -158,6 +158,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     app: Option<Application>,
+    /// The binary as a process of its own, for kills and signals.
+    process: Option<Process>,
     config: TestConfig,
     /// Kept across restarts: the store lives here.
     dir: Arc<TempDir>,
@@ -185,15 +187,11 @@ impl TestApp {
             local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let address = format!("http://{local}");
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
         let test_app = Self {
             address,
-            client,
+            client: client(),
             app: Some(app),
+            process: None,
             config,
             dir,
         };
@@ -201,6 +199,79 @@ impl TestApp {
             test_app.wait_ready().await;
         }
         test_app
+    }
+
+    /// Starts the release binary as a process of its own and waits until it is ready.
+    pub async fn spawn_process(config: TestConfig) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::spawn_process_in(config, dir).await
+    }
+
+    async fn spawn_process_in(config: TestConfig, dir: Arc<TempDir>) -> Self {
+        let store = dir.path().join("synchspeed.db");
+        let path = dir.path().join("synchspeed.toml");
+        std::fs::write(&path, config.to_toml(&store)).unwrap();
+        // Reading its log until it serves blocks: off the test's runtime, where the doubles
+        // it talks to run.
+        let process = tokio::task::spawn_blocking(move || Process::start(&path))
+            .await
+            .unwrap();
+        let test_app = Self {
+            address: format!("http://{}", process.listen),
+            client: client(),
+            app: None,
+            process: Some(process),
+            config,
+            dir,
+        };
+        test_app.wait_ready().await;
+        test_app
+    }
+
+    /// `kill -9`, then a new process on the same store.
+    pub async fn kill_and_restart(mut self) -> Self {
+        let mut process = self.process.take().expect("a process app");
+        process.child.kill().unwrap();
+        process.child.wait().unwrap();
+        Self::spawn_process_in(self.config.clone(), Arc::clone(&self.dir)).await
+    }
+
+    /// SIGTERM; returns at once (the process may take its grace period).
+    pub fn terminate(&self) {
+        let process = self.process.as_ref().expect("a process app");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &process.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (polling, 15 s at most) for the process to exit and returns its status.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let process = self.process.as_mut().expect("a process app");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = process.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the process did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A new process on the same store, after the previous one exited.
+    pub async fn start_again(mut self) -> Self {
+        self.process.take();
+        Self::spawn_process_in(self.config.clone(), Arc::clone(&self.dir)).await
+    }
+
+    /// What the process logged so far (JSON lines).
+    pub fn logs(&self) -> Vec<String> {
+        let process = self.process.as_ref().expect("a process app");
+        process.logs.lock().unwrap().clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -261,6 +332,74 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The binary running as a child process, its JSON log collected by a thread.
+struct Process {
+    child: std::process::Child,
+    listen: String,
+    logs: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Process {
+    fn start(config: &std::path::Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_synchspeed"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("SYNCHSPEED__LOG__FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut listen = None;
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            logs.lock().unwrap().push(line.clone());
+            let event: Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["message"] == "synchspeed serving" {
+                listen = event["listen"].as_str().map(str::to_owned);
+                break;
+            }
+        }
+        let listen = listen.unwrap_or_else(|| {
+            panic!(
+                "the process never logged that it serves: {:?}",
+                logs.lock().unwrap()
+            )
+        });
+        // Keeps reading, so a full pipe never blocks the process.
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            listen,
+            logs,
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

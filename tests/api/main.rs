@@ -8,9 +8,11 @@ mod support;
 mod helpers;
 
 mod cli;
+mod crash;
 mod drain;
 mod errors;
 mod haproxy;
+mod intent;
 mod registry;
 mod security;
 mod store;

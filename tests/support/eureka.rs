@@ -93,6 +93,8 @@ pub enum Mode {
     RefuseWrites,
     /// Registry reads answer 200 with a truncated body.
     Garbage,
+    /// Every request is answered, this many milliseconds late.
+    Slow(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -398,6 +400,7 @@ async fn guard(
             return (StatusCode::TEMPORARY_REDIRECT, "Current node is currently not ready to serve requests -- current status: STARTING - try another DS node: ").into_response();
         }
         Mode::NotReady if method == Method::GET => return StatusCode::FORBIDDEN.into_response(),
+        Mode::Slow(millis) => tokio::time::sleep(std::time::Duration::from_millis(millis)).await,
         Mode::Garbage if method == Method::GET => {
             return (
                 [("content-type", "application/json")],

@@ -22,6 +22,8 @@ pub enum Behaviour {
     FailTimes(u32, u16),
     /// Never answer (until the connection is dropped).
     Hang,
+    /// Record the notification on arrival, acknowledge this many milliseconds later.
+    Slow(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +113,7 @@ async fn notify(State(node): State<GatewayNode>, headers: HeaderMap, raw: Bytes)
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return StatusCode::OK;
         }
-        Behaviour::Ack | Behaviour::FailTimes(..) => {}
+        Behaviour::Ack | Behaviour::FailTimes(..) | Behaviour::Slow(_) => {}
     }
     let header = |name: &str| {
         headers
@@ -129,5 +131,8 @@ async fn notify(State(node): State<GatewayNode>, headers: HeaderMap, raw: Bytes)
         raw,
         body,
     });
+    if let Behaviour::Slow(millis) = behaviour {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+    }
     StatusCode::NO_CONTENT
 }
