@@ -60,12 +60,7 @@ async fn after_kill_9_mid_fan_out_every_node_still_receives_every_notification()
             .as_deref(),
         Some("OUT_OF_SERVICE")
     );
-    let unfinished: Value = app
-        .get("/api/v1/operations?state=in_progress")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let unfinished: Value = app.get_json("/api/v1/operations?state=in_progress").await;
     assert_eq!(unfinished["operations"].as_array().unwrap().len(), 0);
 }
 

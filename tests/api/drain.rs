@@ -134,14 +134,9 @@ async fn offline_with_wait_marks_every_instance_on_the_ip_then_tells_every_up_no
     }
     assert_eq!(fleet.down_node.attempts(), 0);
 
-    let held: Value = app.get("/api/v1/offline").await.json().await.unwrap();
+    let held: Value = app.get_json("/api/v1/offline").await;
     assert_eq!(held["instances"].as_array().unwrap().len(), 2);
-    let view: Value = app
-        .get("/api/v1/instances/10.0.0.5")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view: Value = app.get_json("/api/v1/instances/10.0.0.5").await;
     assert!(
         view["instances"]
             .as_array()
@@ -219,7 +214,7 @@ async fn online_removes_the_override_and_tells_the_nodes() {
 
     let events: Vec<String> = node.received().iter().map(|r| r.event.clone()).collect();
     assert_eq!(events, vec!["offline", "online"]);
-    let held: Value = app.get("/api/v1/offline").await.json().await.unwrap();
+    let held: Value = app.get_json("/api/v1/offline").await;
     assert!(held["instances"].as_array().unwrap().is_empty());
 }
 
@@ -287,17 +282,12 @@ async fn registry_down_means_503_and_no_gateway_is_told() {
     );
 
     // The failure is in the audit trail, and nothing is held.
-    let failed: Value = app
-        .get("/api/v1/operations?state=failed")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let failed: Value = app.get_json("/api/v1/operations?state=failed").await;
     assert_eq!(
         failed["operations"][0]["error"]["code"],
         "registry_unavailable"
     );
-    let held: Value = app.get("/api/v1/offline").await.json().await.unwrap();
+    let held: Value = app.get_json("/api/v1/offline").await;
     assert!(held["instances"].as_array().unwrap().is_empty());
     eventually("readyz reports the registry", || async {
         app.get("/readyz").await.status() == 503
@@ -475,7 +465,7 @@ async fn a_dry_run_returns_the_plan_and_changes_nothing() {
         Some("UP")
     );
     assert_eq!(node.attempts(), 0);
-    let list: Value = app.get("/api/v1/operations").await.json().await.unwrap();
+    let list: Value = app.get_json("/api/v1/operations").await;
     assert!(
         list["operations"].as_array().unwrap().is_empty(),
         "a dry run is not recorded"

@@ -193,7 +193,7 @@ async fn health_metrics_and_openapi_are_served() {
         "{metrics}"
     );
 
-    let openapi: Value = app.get("/api/v1/openapi.json").await.json().await.unwrap();
+    let openapi: Value = app.get_json("/api/v1/openapi.json").await;
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/api/v1/instances/{ip}/offline",
@@ -234,12 +234,7 @@ async fn the_operation_list_filters_and_rejects_bad_filters() {
     let list = |query: &'static str| {
         let app = &app;
         async move {
-            let body: Value = app
-                .get(&format!("/api/v1/operations{query}"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let body: Value = app.get_json(&format!("/api/v1/operations{query}")).await;
             body["operations"].as_array().unwrap().clone()
         }
     };

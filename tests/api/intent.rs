@@ -30,17 +30,12 @@ fn status(peer: &EurekaDouble) -> String {
 }
 
 async fn operations(app: &TestApp, query: &str) -> Vec<Value> {
-    let list: Value = app
-        .get(&format!("/api/v1/operations?{query}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json(&format!("/api/v1/operations?{query}")).await;
     list["operations"].as_array().unwrap().clone()
 }
 
 async fn held(app: &TestApp) -> usize {
-    let list: Value = app.get("/api/v1/offline").await.json().await.unwrap();
+    let list: Value = app.get_json("/api/v1/offline").await;
     list["instances"].as_array().unwrap().len()
 }
 
@@ -168,12 +163,7 @@ async fn a_departed_instance_leaves_the_offline_list_and_a_newcomer_on_its_ip_st
         peer.register("ORDER-SERVICE", newcomer, "10.0.0.5", 9090, "UP");
     }
     eventually("synchspeed sees the newcomer", || async {
-        let view: Value = app
-            .get("/api/v1/instances/10.0.0.5")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let view: Value = app.get_json("/api/v1/instances/10.0.0.5").await;
         view["instances"].as_array().is_some_and(|i| i.len() == 1)
     })
     .await;

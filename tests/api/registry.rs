@@ -107,12 +107,7 @@ async fn reads_fail_over_past_peers_that_redirect_or_are_not_ready() {
         }
         sick.set_mode(mode);
         let app = TestApp::spawn(TestConfig::eureka(&[sick.url(), healthy.url()])).await;
-        let view: Value = app
-            .get("/api/v1/instances/10.0.0.5")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let view: Value = app.get_json("/api/v1/instances/10.0.0.5").await;
         assert_eq!(view["instances"][0]["instanceId"], "a", "{mode:?}");
     }
 }

@@ -22,14 +22,9 @@ async fn operations_and_holds_survive_a_restart() {
     let app = app.restart().await;
     let stored = app.operation(&id).await;
     assert_eq!(stored, operation, "the record is the same after a restart");
-    let held: Value = app.get("/api/v1/offline").await.json().await.unwrap();
+    let held: Value = app.get_json("/api/v1/offline").await;
     assert_eq!(held["instances"][0]["operationId"], id.as_str());
-    let list: Value = app
-        .get("/api/v1/operations?ip=10.0.0.5")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/api/v1/operations?ip=10.0.0.5").await;
     assert_eq!(list["operations"].as_array().unwrap().len(), 1);
 }
 
@@ -68,7 +63,7 @@ async fn an_operation_left_in_progress_is_resumed_on_the_next_start() {
         "a node that had answered is not told again"
     );
     // The registry step had happened: the hold stands.
-    let held: Value = app.get("/api/v1/offline").await.json().await.unwrap();
+    let held: Value = app.get_json("/api/v1/offline").await;
     assert_eq!(held["instances"].as_array().unwrap().len(), 1);
 }
 
@@ -90,19 +85,9 @@ async fn the_file_registry_keeps_statuses_in_the_store() {
     );
 
     let app = app.restart().await;
-    let view: Value = app
-        .get("/api/v1/instances/10.0.0.5")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view: Value = app.get_json("/api/v1/instances/10.0.0.5").await;
     assert_eq!(view["instances"][0]["status"], "OUT_OF_SERVICE");
-    let other: Value = app
-        .get("/api/v1/instances/10.0.0.6")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let other: Value = app.get_json("/api/v1/instances/10.0.0.6").await;
     assert_eq!(other["instances"][0]["status"], "UP");
 
     // The file is re-read when it changes.

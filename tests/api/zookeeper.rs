@@ -160,12 +160,7 @@ async fn an_instance_writing_its_own_copy_back_is_taken_out_again_but_a_new_regi
         gateway.received().len() == 2
     })
     .await;
-    let operations: Value = app
-        .get("/api/v1/operations?ip=10.0.0.5")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let operations: Value = app.get_json("/api/v1/operations?ip=10.0.0.5").await;
     let reasserted = operations["operations"]
         .as_array()
         .unwrap()
@@ -211,12 +206,7 @@ async fn through_a_zookeeper_restart_a_curator_instance_found_by_host_name_stays
         .route("BILLING", &["GATEWAY-PUBLIC"])
         .nodes("GATEWAY-PUBLIC", vec![gateway.address()]);
     let app = TestApp::spawn(config).await;
-    let found: Value = app
-        .get("/api/v1/instances/127.0.0.1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let found: Value = app.get_json("/api/v1/instances/127.0.0.1").await;
     assert_eq!(found["instances"][0]["app"], "BILLING", "{found}");
 
     let response = app
