@@ -58,6 +58,11 @@ impl HoldIndex {
         holds
     }
 
+    /// Whether any hold still comes from operation `id`.
+    pub fn any_from(&self, id: &OperationId) -> bool {
+        read(&self.holds).values().any(|h| h.operation_id == *id)
+    }
+
     pub fn on_ip(&self, ip: IpAddr) -> Vec<Hold> {
         // Holds are few (what is out of service right now); a scan beats a second index.
         read(&self.holds)

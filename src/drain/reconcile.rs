@@ -249,7 +249,7 @@ impl Orchestrator {
             // Its own fan-out is still at it.
             return Ok(true);
         }
-        let Some(operation) = self.store.operation(id).await? else {
+        let Some(mut operation) = self.store.operation(id).await? else {
             return Ok(true);
         };
         if !operation
@@ -260,15 +260,15 @@ impl Orchestrator {
             return Ok(true);
         }
         // In the operation's lanes, and only while it still holds: an online that ran meanwhile
-        // must stay the last word these nodes hear.
+        // must stay the last word these nodes hear. Nothing else writes a settled operation,
+        // so the record read above is still current once inside.
         let _lane = self
             .lanes
             .enter(operation.instances.iter().map(|i| i.ip))
             .await;
-        let still_held = self.holds.all().iter().any(|hold| hold.operation_id == *id);
-        let Some(mut operation) = self.store.operation(id).await?.filter(|_| still_held) else {
+        if !self.holds.any_from(id) {
             return Ok(true);
-        };
+        }
         let plan = plan_of(&operation);
         let by_app = notifications(&operation, &plan);
         let jobs: Vec<Job> = operation
