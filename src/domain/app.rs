@@ -1,6 +1,7 @@
 //! Application names, compared the way Eureka compares them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,10 +12,13 @@ use serde::{Deserialize, Serialize};
 /// reports the same service in lower case through other APIs. Comparing canonical names makes
 /// `order-service` and `ORDER-SERVICE` the same app everywhere in synchspeed. Backends that
 /// need the registry's own spelling (ZooKeeper paths) keep it on the instance.
+///
+/// Shared, not copied: the registry cache holds one name per instance in several indexes, and
+/// with tens of thousands of instances of a handful of apps a clone must not allocate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 #[schema(value_type = String, example = "ORDER-SERVICE")]
-pub struct AppName(String);
+pub struct AppName(Arc<str>);
 
 /// Why a string is not an app name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +45,7 @@ impl AppName {
         if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(InvalidAppName::BadCharacter);
         }
-        Ok(Self(trimmed.to_ascii_uppercase()))
+        Ok(Self(trimmed.to_ascii_uppercase().into()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -33,7 +33,7 @@ impl Hold {
     pub fn key(&self) -> InstanceKey {
         InstanceKey {
             app: self.app.clone(),
-            instance_id: self.instance_id.clone(),
+            instance_id: self.instance_id.as_str().into(),
         }
     }
 
@@ -41,7 +41,7 @@ impl Hold {
     /// keeps one registration time per process, so a different one is a different process.
     pub fn is_of(&self, instance: &Instance, by_registration_time: bool) -> bool {
         self.app == instance.app
-            && self.instance_id == instance.instance_id
+            && *self.instance_id == *instance.instance_id
             && (!by_registration_time
                 || match (self.registered_at, instance.registered_at) {
                     (Some(held), Some(seen)) => held == seen,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,7 +77,8 @@ impl fmt::Display for Status {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceKey {
     pub app: AppName,
-    pub instance_id: String,
+    /// Shared with the instance and every index that names it, so a key costs no copy.
+    pub instance_id: Arc<str>,
 }
 
 /// One registered instance as synchspeed knows it from the registry.
@@ -84,7 +86,7 @@ pub struct InstanceKey {
 pub struct Instance {
     pub app: AppName,
     /// The registry's id for this registration (Eureka `InstanceInfo.getId()`; a znode name).
-    pub instance_id: String,
+    pub instance_id: Arc<str>,
     /// Canonical address (see [`crate::domain::ip::canonical`]).
     pub ip: IpAddr,
     pub port: u16,

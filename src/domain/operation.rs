@@ -213,7 +213,7 @@ impl InstanceResult {
     pub fn planned(instance: &Instance) -> Self {
         Self {
             app: instance.app.clone(),
-            instance_id: instance.instance_id.clone(),
+            instance_id: instance.instance_id.to_string(),
             ip: instance.ip,
             port: instance.port,
             status_before: instance.status,

@@ -530,7 +530,7 @@ impl Orchestrator {
                             .unwrap_or(now);
                         Hold {
                             app: instance.app.clone(),
-                            instance_id: instance.instance_id.clone(),
+                            instance_id: instance.instance_id.to_string(),
                             ip: instance.ip,
                             port: instance.port,
                             registered_at: instance.registered_at,
@@ -743,7 +743,7 @@ fn notifications(
             .entry(instance.app.clone())
             .or_default()
             .push(NotifiedInstance {
-                instance_id: instance.instance_id.clone(),
+                instance_id: instance.instance_id.to_string(),
                 ip: instance.ip,
                 port: instance.port,
             });

@@ -109,7 +109,7 @@ pub(super) fn plan_of(operation: &Operation) -> Plan {
 fn instance_of(result: &InstanceResult) -> Instance {
     Instance {
         app: result.app.clone(),
-        instance_id: result.instance_id.clone(),
+        instance_id: result.instance_id.as_str().into(),
         ip: result.ip,
         port: result.port,
         status: result.status_before,

@@ -191,7 +191,7 @@ pub async fn get_instance(
         .map(|instance| RegisteredInstance {
             held: held.iter().any(|hold| hold.key() == instance.key()),
             app: instance.app,
-            instance_id: instance.instance_id,
+            instance_id: instance.instance_id.to_string(),
             port: instance.port,
             status: instance.status,
             registered_at: instance.registered_at,

@@ -1,36 +1,87 @@
 //! The local registry cache: every instance by identity, indexed by IP and by app.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+use smallvec::SmallVec;
 
 use crate::domain::{AppName, Instance, InstanceKey, Status};
 
+/// An instance without its key (the map's key holds that): a registry of tens of thousands
+/// of instances is most of what synchspeed keeps in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    ip: IpAddr,
+    port: u16,
+    status: Status,
+    registered_at: Option<i64>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Record {
+    fn of(instance: Instance) -> (InstanceKey, Record) {
+        let key = InstanceKey {
+            app: instance.app,
+            instance_id: instance.instance_id,
+        };
+        let record = Record {
+            ip: instance.ip,
+            port: instance.port,
+            status: instance.status,
+            registered_at: instance.registered_at,
+            metadata: instance.metadata,
+        };
+        (key, record)
+    }
+
+    fn instance(&self, key: &InstanceKey) -> Instance {
+        Instance {
+            app: key.app.clone(),
+            instance_id: key.instance_id.clone(),
+            ip: self.ip,
+            port: self.port,
+            status: self.status,
+            registered_at: self.registered_at,
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Indexed {
-    by_key: HashMap<InstanceKey, Instance>,
-    /// Nearly always one instance per IP: a `Vec` of one costs one key, where a one-element
-    /// `BTreeSet` allocates a whole node (eleven slots); with 10,000 instances that was most of
-    /// the cache's memory.
-    by_ip: HashMap<IpAddr, Vec<InstanceKey>>,
-    by_app: HashMap<AppName, BTreeSet<InstanceKey>>,
+    by_key: HashMap<InstanceKey, Record>,
+    /// Nearly always one instance per IP, kept inline: no allocation for it.
+    by_ip: HashMap<IpAddr, SmallVec<[InstanceKey; 1]>>,
+    /// The ids of each app; the map's key is the one copy of the app's name every instance
+    /// of it shares.
+    by_app: HashMap<AppName, BTreeSet<Arc<str>>>,
     loaded: bool,
 }
 
 impl Indexed {
     fn insert(&mut self, instance: Instance) {
-        let key = instance.key();
+        let (mut key, record) = Record::of(instance);
+        if self.by_key.get(&key) == Some(&record) {
+            // Unchanged: a full refresh repeats most of the registry.
+            return;
+        }
         self.remove(&key);
-        // `remove` above took any old entry out, so the key is not there twice.
-        self.by_ip.entry(instance.ip).or_default().push(key.clone());
+        // One name per app, shared by all its instances and every index: the one parsed with
+        // this instance is dropped here rather than kept ten thousand times.
+        if let Some((name, _)) = self.by_app.get_key_value(&key.app) {
+            key.app = name.clone();
+        }
         self.by_app
-            .entry(instance.app.clone())
+            .entry(key.app.clone())
             .or_default()
-            .insert(key.clone());
-        self.by_key.insert(key, instance);
+            .insert(key.instance_id.clone());
+        // `remove` above took any old entry out, so the key is not there twice.
+        self.by_ip.entry(record.ip).or_default().push(key.clone());
+        self.by_key.insert(key, record);
     }
 
-    fn remove(&mut self, key: &InstanceKey) -> Option<Instance> {
+    fn remove(&mut self, key: &InstanceKey) -> Option<Record> {
         let old = self.by_key.remove(key)?;
         if let Some(keys) = self.by_ip.get_mut(&old.ip) {
             keys.retain(|k| k != key);
@@ -38,25 +89,23 @@ impl Indexed {
                 self.by_ip.remove(&old.ip);
             }
         }
-        if let Some(keys) = self.by_app.get_mut(&old.app) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_app.remove(&old.app);
+        if let Some(ids) = self.by_app.get_mut(&key.app) {
+            ids.remove(&key.instance_id);
+            if ids.is_empty() {
+                self.by_app.remove(&key.app);
             }
         }
         Some(old)
     }
 
-    fn collect<'a>(&self, keys: impl IntoIterator<Item = &'a InstanceKey>) -> Vec<Instance> {
-        keys.into_iter()
-            .filter_map(|key| self.by_key.get(key).cloned())
-            .collect()
+    fn get(&self, key: &InstanceKey) -> Option<Instance> {
+        self.by_key.get(key).map(|record| record.instance(key))
     }
 }
 
-/// Shared by the backends that keep a full copy of the registry (Eureka, file). Reads take a
-/// read lock and clone the few matching instances; writers replace or patch under the write
-/// lock, so a reader never sees a half-applied refresh.
+/// Shared by the backends that keep a full copy of the registry (Eureka, ZooKeeper, file).
+/// Reads take a read lock and clone the few matching instances; writers replace or patch
+/// under the write lock, so a reader never sees a half-applied refresh.
 #[derive(Debug, Default)]
 pub struct InstanceCache {
     inner: RwLock<Indexed>,
@@ -81,14 +130,35 @@ impl InstanceCache {
         self.read().loaded
     }
 
-    /// Replaces everything (a full fetch).
+    /// Replaces everything (a full fetch). The copy is brought in line in place, not rebuilt
+    /// beside the old one: two copies of a large registry at once would be the process's
+    /// peak, and what a peak leaves behind the allocator keeps.
     pub fn replace_all(&self, instances: impl IntoIterator<Item = Instance>) {
-        let mut fresh = Indexed::default();
-        for instance in instances {
-            fresh.insert(instance);
+        let mut instances: Vec<Instance> = instances.into_iter().collect();
+        instances.sort_unstable_by(|a, b| (&a.app, &a.instance_id).cmp(&(&b.app, &b.instance_id)));
+        let mut indexed = self.write();
+        let gone: Vec<InstanceKey> = indexed
+            .by_key
+            .keys()
+            .filter(|key| {
+                instances
+                    .binary_search_by(|i| {
+                        (&i.app, &i.instance_id).cmp(&(&key.app, &key.instance_id))
+                    })
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        for key in &gone {
+            indexed.remove(key);
         }
-        fresh.loaded = true;
-        *self.write() = fresh;
+        let more = instances.len().saturating_sub(indexed.by_key.len());
+        indexed.by_key.reserve(more);
+        indexed.by_ip.reserve(more);
+        for instance in instances {
+            indexed.insert(instance);
+        }
+        indexed.loaded = true;
     }
 
     /// Applies a batch of changes atomically (a delta).
@@ -104,8 +174,8 @@ impl InstanceCache {
 
     /// Records a status synchspeed just wrote, so reads reflect it before the next refresh.
     pub fn set_status(&self, key: &InstanceKey, status: Status) {
-        if let Some(instance) = self.write().by_key.get_mut(key) {
-            instance.status = status;
+        if let Some(record) = self.write().by_key.get_mut(key) {
+            record.status = status;
         }
     }
 
@@ -114,21 +184,36 @@ impl InstanceCache {
         indexed
             .by_ip
             .get(&ip)
-            .map(|keys| indexed.collect(keys))
+            .map(|keys| keys.iter().filter_map(|key| indexed.get(key)).collect())
             .unwrap_or_default()
     }
 
     pub fn of_app(&self, app: &AppName) -> Vec<Instance> {
         let indexed = self.read();
-        indexed
-            .by_app
-            .get(app)
-            .map(|keys| indexed.collect(keys))
-            .unwrap_or_default()
+        let Some((name, ids)) = indexed.by_app.get_key_value(app) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| {
+                indexed.get(&InstanceKey {
+                    app: name.clone(),
+                    instance_id: id.clone(),
+                })
+            })
+            .collect()
     }
 
     pub fn get(&self, key: &InstanceKey) -> Option<Instance> {
-        self.read().by_key.get(key).cloned()
+        self.read().get(key)
+    }
+
+    /// How many instances have each status (the registry's hash code is built from these).
+    pub fn status_counts(&self) -> HashMap<Status, usize> {
+        let mut counts = HashMap::new();
+        for record in self.read().by_key.values() {
+            *counts.entry(record.status).or_default() += 1;
+        }
+        counts
     }
 
     pub fn len(&self) -> usize {
@@ -176,5 +261,26 @@ mod tests {
         assert!(cache.on_ip("10.0.0.2".parse().unwrap()).is_empty());
         assert!(cache.of_app(&AppName::parse("B").unwrap()).is_empty());
         assert_eq!(cache.of_app(&AppName::parse("a").unwrap()).len(), 2);
+    }
+
+    #[test]
+    fn a_full_replace_drops_the_departed_and_updates_the_changed_in_place() {
+        let cache = InstanceCache::default();
+        cache.replace_all([
+            instance("A", "a1", "10.0.0.1", 80),
+            instance("A", "a2", "10.0.0.2", 80),
+            instance("B", "b1", "10.0.0.3", 80),
+        ]);
+        let mut moved = instance("A", "a2", "10.0.0.4", 80);
+        moved.status = Status::OutOfService;
+        cache.replace_all([instance("A", "a1", "10.0.0.1", 80), moved.clone()]);
+
+        assert_eq!(cache.len(), 2);
+        assert!(cache.on_ip("10.0.0.2".parse().unwrap()).is_empty());
+        assert!(cache.on_ip("10.0.0.3".parse().unwrap()).is_empty());
+        assert!(cache.of_app(&AppName::parse("B").unwrap()).is_empty());
+        assert_eq!(cache.on_ip("10.0.0.4".parse().unwrap()), vec![moved]);
+        assert_eq!(cache.of_app(&AppName::parse("A").unwrap()).len(), 2);
+        assert_eq!(cache.status_counts()[&Status::OutOfService], 1);
     }
 }

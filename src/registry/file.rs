@@ -61,7 +61,7 @@ fn parse_document(text: &str) -> Result<Vec<Instance>, String> {
             });
             let instance = Instance {
                 app,
-                instance_id,
+                instance_id: instance_id.into(),
                 ip,
                 port: entry.port,
                 status: Status::Up,
@@ -237,7 +237,7 @@ mod tests {
             "[[instance]]\napp = \"order-service\"\nip = \"10.0.0.5\"\nport = 8080\n",
         )
         .unwrap();
-        assert_eq!(instances[0].instance_id, "10.0.0.5:order-service:8080");
+        assert_eq!(&*instances[0].instance_id, "10.0.0.5:order-service:8080");
         assert_eq!(instances[0].app.as_str(), "ORDER-SERVICE");
     }
 

@@ -100,7 +100,7 @@ fn decode_operation(body: &str) -> Result<Operation, StoreError> {
 fn decode_key(app: &str, instance_id: String) -> Result<InstanceKey, StoreError> {
     Ok(InstanceKey {
         app: AppName::parse(app).map_err(|e| StoreError::Corrupt(format!("app '{app}': {e}")))?,
-        instance_id,
+        instance_id: instance_id.into(),
     })
 }
 
@@ -342,7 +342,7 @@ impl Store for SqliteStore {
                 let since: String = row.get("since");
                 Ok(Hold {
                     app: key.app,
-                    instance_id: key.instance_id,
+                    instance_id: key.instance_id.to_string(),
                     ip: ip.parse().map_err(|e| corrupt("ip", &e))?,
                     port: u16::try_from(port).map_err(|e| corrupt("port", &e))?,
                     registered_at: row.get("registered_at"),

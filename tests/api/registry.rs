@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, TestConfig, error_code, eventually};
+use crate::helpers::{TestApp, TestConfig, eventually};
 use crate::support::eureka::{EurekaDouble, Mode};
 
 #[tokio::test]
@@ -120,7 +120,11 @@ async fn a_registry_answering_garbage_is_not_trusted_and_nothing_is_written() {
     let app = TestApp::spawn_unready(TestConfig::eureka(&[eureka.url()])).await;
     eventually("readiness reports the broken registry", || async {
         let response = app.get("/readyz").await;
-        response.status() == 503 && error_code(response).await == "registry_unavailable"
+        let body: Value = response.json().await.unwrap();
+        body["error"]["code"] == "registry_unavailable"
+            && body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the answer does not parse"))
     })
     .await;
     let response = app.post("/api/v1/instances/10.0.0.5/offline").await;
@@ -136,4 +140,24 @@ async fn a_registry_answering_garbage_is_not_trusted_and_nothing_is_written() {
             .status(),
         200
     );
+}
+
+#[tokio::test]
+async fn a_peer_that_stalls_in_the_middle_of_an_answer_is_named_and_passed_over() {
+    let stalled = EurekaDouble::start().await;
+    stalled.register("ORDER-SERVICE", "a", "10.0.0.5", 8080, "UP");
+    stalled.set_mode(Mode::Stalled);
+    let alone = TestApp::spawn_unready(TestConfig::eureka(&[stalled.url()])).await;
+    eventually("readiness says the peer stopped answering", || async {
+        let body: Value = alone.get("/readyz").await.json().await.unwrap();
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no answer within"))
+    })
+    .await;
+
+    let good = EurekaDouble::start().await;
+    good.register("ORDER-SERVICE", "a", "10.0.0.5", 8080, "UP");
+    let app = TestApp::spawn(TestConfig::eureka(&[stalled.url(), good.url()])).await;
+    assert_eq!(app.get("/api/v1/instances/10.0.0.5").await.status(), 200);
 }

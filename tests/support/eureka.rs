@@ -17,6 +17,7 @@
 //!   `versions__delta`/`apps__hashcode`;
 //! * `GET apps/{APP}/{id}` reads the registry directly (never cached).
 
+use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -95,6 +96,9 @@ pub enum Mode {
     Garbage,
     /// Every request is answered, this many milliseconds late.
     Slow(u64),
+    /// Registry reads answer 200 and the start of a document, then nothing more (a peer that
+    /// hangs in the middle of an answer).
+    Stalled,
 }
 
 #[derive(Debug, Clone)]
@@ -401,6 +405,15 @@ async fn guard(
         }
         Mode::NotReady if method == Method::GET => return StatusCode::FORBIDDEN.into_response(),
         Mode::Slow(millis) => tokio::time::sleep(std::time::Duration::from_millis(millis)).await,
+        Mode::Stalled if method == Method::GET => {
+            let start = futures::stream::once(async {
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                    b"{\"applications\": {\"application\": [{\"name\": \"ORD",
+                ))
+            });
+            let body = axum::body::Body::from_stream(start.chain(futures::stream::pending()));
+            return ([("content-type", "application/json")], body).into_response();
+        }
         Mode::Garbage if method == Method::GET => {
             return (
                 [("content-type", "application/json")],

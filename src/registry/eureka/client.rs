@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use futures::TryStreamExt;
+use reqwest::Method;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue};
-use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 use url::Url;
 
 use super::model::{ApplicationsEnvelope, InstanceEnvelope, InstanceInfo};
@@ -143,12 +146,28 @@ impl EurekaClient {
         }
     }
 
-    async fn send(
+    fn classify(&self, peer: &Peer, error: &reqwest::Error) -> PeerError {
+        if error.is_timeout() {
+            PeerError::Timeout {
+                peer: peer.display().to_owned(),
+                timeout: self.timeout,
+            }
+        } else {
+            PeerError::Connect {
+                peer: peer.display().to_owned(),
+                detail: error_chain(error),
+            }
+        }
+    }
+
+    /// Sends a request and answers with the response when it is a success; otherwise the
+    /// status and the start of the body become the error.
+    async fn respond(
         &self,
         peer: &Peer,
         method: Method,
         url: Url,
-    ) -> Result<(StatusCode, bytes::Bytes), PeerError> {
+    ) -> Result<reqwest::Response, PeerError> {
         let mut request = self
             .http
             .request(method, url)
@@ -157,30 +176,63 @@ impl EurekaClient {
         if let Some((user, password)) = &peer.user {
             request = request.basic_auth(user, password.as_ref());
         }
-        let classify = |e: reqwest::Error| {
-            if e.is_timeout() {
-                PeerError::Timeout {
-                    peer: peer.display().to_owned(),
-                    timeout: self.timeout,
-                }
-            } else {
-                PeerError::Connect {
-                    peer: peer.display().to_owned(),
-                    detail: error_chain(&e),
-                }
-            }
-        };
-        let response = request.send().await.map_err(classify)?;
+        let response = request.send().await.map_err(|e| self.classify(peer, &e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(classify)?;
-        if !status.is_success() {
-            return Err(PeerError::Status {
-                peer: peer.display().to_owned(),
-                status: status.as_u16(),
-                body: snippet(&body),
-            });
+        if status.is_success() {
+            return Ok(response);
         }
-        Ok((status, body))
+        let body = response.bytes().await.unwrap_or_default();
+        Err(PeerError::Status {
+            peer: peer.display().to_owned(),
+            status: status.as_u16(),
+            body: snippet(&body),
+        })
+    }
+
+    async fn send(&self, peer: &Peer, method: Method, url: Url) -> Result<bytes::Bytes, PeerError> {
+        let response = self.respond(peer, method, url).await?;
+        response.bytes().await.map_err(|e| self.classify(peer, &e))
+    }
+
+    /// Parses a JSON body as it arrives, on a blocking thread, rather than collecting it
+    /// first: a full registry is megabytes of JSON (about 1.5 kB per instance), and holding
+    /// the whole document next to what is parsed from it doubles the memory a refresh
+    /// needs, memory the allocator then keeps. Streamed, the document costs a buffer.
+    async fn parse_streamed<T: DeserializeOwned + Send + 'static>(
+        &self,
+        peer: &Peer,
+        response: reqwest::Response,
+    ) -> Result<T, PeerError> {
+        let body = response.bytes_stream().map_err(std::io::Error::other);
+        let reader = SyncIoBridge::new(StreamReader::new(Box::pin(body)));
+        let parsed = tokio::task::spawn_blocking(move || {
+            serde_json::from_reader::<_, T>(std::io::BufReader::new(reader))
+        })
+        .await
+        .map_err(|e| PeerError::Connect {
+            peer: peer.display().to_owned(),
+            detail: format!("the parse stopped: {e}"),
+        })?;
+        parsed.map_err(|e| {
+            if !e.is_io() {
+                return PeerError::Malformed {
+                    peer: peer.display().to_owned(),
+                    detail: e.to_string(),
+                };
+            }
+            // The body broke off: say why as a request error would (timeout, reset).
+            let io = std::io::Error::from(e);
+            match io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+            {
+                Some(error) => self.classify(peer, error),
+                None => PeerError::Connect {
+                    peer: peer.display().to_owned(),
+                    detail: io.to_string(),
+                },
+            }
+        })
     }
 
     /// `GET apps` (or `apps/delta`) from the first peer that answers; peers are tried in order.
@@ -195,17 +247,10 @@ impl EurekaClient {
             } else {
                 peer.url(&[])
             };
-            let result = self
-                .send(peer, Method::GET, url)
-                .await
-                .and_then(|(_, body)| {
-                    serde_json::from_slice::<ApplicationsEnvelope>(&body).map_err(|e| {
-                        PeerError::Malformed {
-                            peer: peer.display().to_owned(),
-                            detail: e.to_string(),
-                        }
-                    })
-                });
+            let result = match self.respond(peer, Method::GET, url).await {
+                Ok(response) => self.parse_streamed(peer, response).await,
+                Err(error) => Err(error),
+            };
             match result {
                 Ok(apps) => return Ok(apps),
                 Err(error) if error.try_next_peer() => errors.push(error),
@@ -247,7 +292,7 @@ impl EurekaClient {
         app: &str,
         id: &str,
     ) -> Result<InstanceInfo, PeerError> {
-        let (_, body) = self.send(peer, Method::GET, peer.url(&[app, id])).await?;
+        let body = self.send(peer, Method::GET, peer.url(&[app, id])).await?;
         serde_json::from_slice::<InstanceEnvelope>(&body)
             .map(|envelope| envelope.instance)
             .map_err(|e| PeerError::Malformed {

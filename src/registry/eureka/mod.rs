@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use client::{EurekaClient, Peer, PeerError, error_chain};
-use model::{Applications, reconcile_hash};
+use model::{Applications, Unindexable, reconcile_hash};
 
 use super::cache::InstanceCache;
 use super::{Registry, RegistryError, Sighting, StatusChange};
@@ -23,12 +23,13 @@ use crate::config::EurekaSettings;
 use crate::domain::{AppName, Instance, InstanceKey, PeerOutcome, PeerResult, Status};
 use crate::telemetry::Metrics;
 
-/// Bookkeeping for the delta protocol. `statuses` holds every instance in the registry,
-/// including those the IP index cannot hold (no usable address): `apps__hashcode` counts them
-/// all, and a copy that left them out would mismatch on every delta and refetch forever.
+/// Bookkeeping for the delta protocol. `apps__hashcode` counts every instance in the
+/// registry, including those the cache cannot hold (no usable address): `unindexed` keeps their
+/// statuses, so that the cache's counts plus these match, and a copy that left them out would
+/// not mismatch on every delta and refetch forever.
 #[derive(Debug, Default)]
 struct Mirror {
-    statuses: HashMap<InstanceKey, Status>,
+    unindexed: HashMap<InstanceKey, Status>,
     /// The result of the last refresh: `None` after a success, the reason after a failure.
     last_error: Option<String>,
     last_success: Option<Instant>,
@@ -87,10 +88,10 @@ impl EurekaRegistry {
             .get_applications(false)
             .await
             .map_err(|errors| self.peer_errors("get_apps", errors))?;
-        let (instances, statuses) = index(&envelope.applications);
+        let (instances, unindexed) = index(envelope.applications);
         let count = instances.len();
         self.cache.replace_all(instances);
-        self.mirror().statuses = statuses;
+        self.mirror().unindexed = unindexed;
         debug!(instances = count, "eureka: full registry fetched");
         Ok(())
     }
@@ -108,45 +109,69 @@ impl EurekaRegistry {
             }
         };
         let delta = envelope.applications;
-        let mut upserts = Vec::new();
-        let mut removals = Vec::new();
-        let hash = {
-            let mut mirror = self.mirror();
-            for app in &delta.application {
-                for info in &app.instance {
-                    let Some(key) = info.key(&app.name) else {
-                        warn!(app = %app.name, "eureka: delta entry without an id or app skipped");
-                        continue;
-                    };
-                    if info.action_type.as_deref() == Some("DELETED") {
-                        mirror.statuses.remove(&key);
-                        removals.push(key);
-                        continue;
-                    }
-                    mirror.statuses.insert(key.clone(), info.status());
-                    match info.to_instance(&app.name) {
-                        // The same change shows up in every delta for 3 minutes: skip what
-                        // the copy already has, so a busy registry costs no cache writes.
-                        Ok(instance) if self.cache.get(&key).as_ref() == Some(&instance) => {}
-                        Ok(instance) => upserts.push(instance),
-                        Err(why) => {
-                            // It may have been indexable before; it is not any more.
-                            removals.push(key.clone());
-                            warn!(app = %key.app, id = %key.instance_id, "eureka: instance not indexed: {why}");
-                        }
-                    }
-                }
-            }
-            reconcile_hash(mirror.statuses.values())
-        };
-        self.cache.apply(upserts, removals);
-        match delta.apps_hashcode.as_deref() {
+        let expected_hash = delta.apps_hashcode.clone();
+        let hash = self.apply_delta(delta);
+        match expected_hash.as_deref() {
             Some(expected) if expected != hash => {
                 debug!(expected, local = %hash, "eureka: hash mismatch after delta, full fetch");
                 self.fetch_full().await
             }
             _ => Ok(()),
         }
+    }
+
+    /// Applies a delta idempotently and returns the local copy's hash code after it.
+    fn apply_delta(&self, delta: Applications) -> String {
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        let mut mirror = self.mirror();
+        for app in delta.application {
+            for info in app.instance {
+                let deleted = info.deleted;
+                match info.into_instance(&app.name) {
+                    Ok(instance) if deleted => {
+                        mirror.unindexed.remove(&instance.key());
+                        removals.push(instance.key());
+                    }
+                    Ok(instance) => {
+                        mirror.unindexed.remove(&instance.key());
+                        // The same change shows up in every delta for 3 minutes: skip what
+                        // the copy already has, so a busy registry costs no cache writes.
+                        if self.cache.get(&instance.key()).as_ref() != Some(&instance) {
+                            upserts.push(instance);
+                        }
+                    }
+                    Err(Unindexable { key: Some(key), .. }) if deleted => {
+                        mirror.unindexed.remove(&key);
+                        removals.push(key);
+                    }
+                    Err(Unindexable {
+                        key: Some(key),
+                        status,
+                        why,
+                    }) => {
+                        // It may have been indexable before; it is not any more.
+                        warn!(app = %key.app, id = %key.instance_id, "eureka: instance not indexed: {why}");
+                        mirror.unindexed.insert(key.clone(), status);
+                        removals.push(key);
+                    }
+                    Err(Unindexable { key: None, why, .. }) => {
+                        warn!(app = %app.name, "eureka: delta entry skipped: {why}");
+                    }
+                }
+            }
+        }
+        self.cache.apply(upserts, removals);
+        self.local_hash(&mirror)
+    }
+
+    /// `apps__hashcode` of the local copy: the cache's statuses and the unindexed ones.
+    fn local_hash(&self, mirror: &Mirror) -> String {
+        let mut counts = self.cache.status_counts();
+        for status in mirror.unindexed.values() {
+            *counts.entry(*status).or_default() += 1;
+        }
+        reconcile_hash(&counts)
     }
 
     async fn refresh_now(&self) -> Result<(), RegistryError> {
@@ -169,7 +194,7 @@ impl EurekaRegistry {
     /// One peer's write and its verification.
     async fn write_peer(&self, peer: &Peer, instance: &Instance, status: Status) -> PeerResult {
         let app = instance.app.as_str();
-        let id = instance.instance_id.as_str();
+        let id = &*instance.instance_id;
         let mut result = PeerResult {
             peer: peer.display().to_owned(),
             outcome: PeerOutcome::Accepted,
@@ -204,26 +229,29 @@ impl EurekaRegistry {
     }
 }
 
-/// Every instance of a full registry: the indexable ones and the status of all of them.
-fn index(apps: &Applications) -> (Vec<Instance>, HashMap<InstanceKey, Status>) {
+/// Every instance of a full registry: the indexable ones, and the status of the others.
+fn index(apps: Applications) -> (Vec<Instance>, HashMap<InstanceKey, Status>) {
     let mut instances = Vec::new();
-    let mut statuses = HashMap::new();
-    for app in &apps.application {
-        for info in &app.instance {
-            let Some(key) = info.key(&app.name) else {
-                warn!(app = %app.name, "eureka: instance without an id or app skipped");
-                continue;
-            };
-            statuses.insert(key, info.status());
-            match info.to_instance(&app.name) {
+    let mut unindexed = HashMap::new();
+    for app in apps.application {
+        for info in app.instance {
+            match info.into_instance(&app.name) {
                 Ok(instance) => instances.push(instance),
-                Err(why) => {
-                    warn!(app = %app.name, id = ?info.id(), "eureka: instance not indexed: {why}")
+                Err(Unindexable {
+                    key: Some(key),
+                    status,
+                    why,
+                }) => {
+                    warn!(app = %key.app, id = %key.instance_id, "eureka: instance not indexed: {why}");
+                    unindexed.insert(key, status);
+                }
+                Err(Unindexable { key: None, why, .. }) => {
+                    warn!(app = %app.name, "eureka: instance skipped: {why}");
                 }
             }
         }
     }
-    (instances, statuses)
+    (instances, unindexed)
 }
 
 /// The overall result of a write from every peer's answer: made when one peer accepted it.
@@ -281,7 +309,6 @@ impl Registry for EurekaRegistry {
         .await;
         let change = aggregate(peers)?;
         self.cache.set_status(&instance.key(), status);
-        self.mirror().statuses.insert(instance.key(), status);
         Ok(change)
     }
 
@@ -289,12 +316,14 @@ impl Registry for EurekaRegistry {
     /// that missed a write or lost its override map shows it here before any cache does.
     async fn sightings(&self, key: &InstanceKey, _ip: IpAddr) -> Vec<(String, Sighting)> {
         let app = key.app.as_str();
-        let id = key.instance_id.as_str();
+        let id = &*key.instance_id;
         join_all(self.client.peers.iter().map(|peer| async move {
             let sighting = match self.client.get_instance(peer, app, id).await {
-                Ok(info) => match info.to_instance(app) {
+                Ok(info) => match info.into_instance(app) {
                     Ok(instance) => Sighting::Present(instance),
-                    Err(why) => Sighting::Unknown(format!("{}: {why}", peer.display())),
+                    Err(unindexable) => {
+                        Sighting::Unknown(format!("{}: {}", peer.display(), unindexable.why))
+                    }
                 },
                 Err(PeerError::Status { status: 404, .. }) => Sighting::Absent,
                 Err(error) => {

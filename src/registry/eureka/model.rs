@@ -5,7 +5,8 @@
 //!   legacy XStream/Jettison ones (one-element lists), and may be missing (empty registry);
 //! * `port.$` is a number (Jackson) or a string (legacy); `@enabled` a string or a bool;
 //! * `@Auto` fields (`lastUpdatedTimestamp`, `lastDirtyTimestamp`) are strings;
-//! * `overriddenStatus` also arrives under the legacy key `overriddenstatus`;
+//! * `overriddenStatus` also arrives under the legacy key `overriddenstatus` (not read: `status`
+//!   is already the status the override made);
 //! * empty metadata is `{"@class": "java.util.Collections$EmptyMap"}`;
 //! * `versions__delta` and `apps__hashcode` are strings, keys with `_` doubled.
 
@@ -13,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -56,58 +58,117 @@ pub struct InstanceEnvelope {
     pub instance: InstanceInfo,
 }
 
+/// One instance as synchspeed keeps it from Eureka's document: only what it uses, derived
+/// while the document is parsed. A full registry holds tens of thousands of instances, each
+/// with a dozen URLs and timestamps synchspeed never reads; keeping the wire form of all of
+/// them until the last one is parsed would double the memory a refresh needs, and what a
+/// refresh frees the allocator rarely returns. So each one is reduced as soon as it is read.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "WireInstance")]
 pub struct InstanceInfo {
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub instance_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub host_name: Option<String>,
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub app: Option<String>,
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub ip_addr: Option<String>,
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub status: Option<String>,
-    #[serde(
-        default,
-        alias = "overriddenstatus",
-        deserialize_with = "lenient_string"
-    )]
-    pub overridden_status: Option<String>,
-    #[serde(default)]
-    pub port: Option<PortInfo>,
-    #[serde(default)]
-    pub data_center_info: Option<DataCenterInfo>,
-    #[serde(default)]
-    pub lease_info: Option<LeaseInfo>,
-    #[serde(default, deserialize_with = "string_map")]
-    pub metadata: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub action_type: Option<String>,
+    /// `InstanceInfo.getId()`.
+    id: Option<Arc<str>>,
+    /// `app` as sent; old payloads leave it out and the enclosing application names it.
+    app: Option<String>,
+    address: Option<IpAddr>,
+    port: Option<u16>,
+    status: Status,
+    registered_at: Option<i64>,
+    metadata: BTreeMap<String, String>,
+    /// `actionType: DELETED` in a delta.
+    pub deleted: bool,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PortInfo {
-    #[serde(rename = "$", default, deserialize_with = "lenient_string")]
-    pub number: Option<String>,
-    #[serde(rename = "@enabled", default, deserialize_with = "lenient_string")]
-    pub enabled: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct DataCenterInfo {
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub name: Option<String>,
-    #[serde(default, deserialize_with = "string_map")]
-    pub metadata: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LeaseInfo {
+struct WireInstance {
     #[serde(default, deserialize_with = "lenient_string")]
-    pub registration_timestamp: Option<String>,
+    instance_id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    host_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    app: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    ip_addr: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    status: Option<String>,
+    #[serde(default)]
+    port: Option<PortInfo>,
+    #[serde(default)]
+    data_center_info: Option<DataCenterInfo>,
+    #[serde(default)]
+    lease_info: Option<LeaseInfo>,
+    #[serde(default, deserialize_with = "string_map")]
+    metadata: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    action_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PortInfo {
+    #[serde(rename = "$", default, deserialize_with = "lenient_string")]
+    number: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DataCenterInfo {
+    #[serde(default, deserialize_with = "lenient_string")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "string_map")]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaseInfo {
+    #[serde(default, deserialize_with = "lenient_string")]
+    registration_timestamp: Option<String>,
+}
+
+impl From<WireInstance> for InstanceInfo {
+    fn from(wire: WireInstance) -> Self {
+        let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        // `InstanceInfo.getId()`: `instanceId` if non-empty, else the AWS `instance-id`, else
+        // `hostName`.
+        let id = non_empty(wire.instance_id)
+            .or_else(|| {
+                wire.data_center_info
+                    .filter(|dc| dc.name.as_deref() == Some("Amazon"))
+                    .and_then(|mut dc| dc.metadata.remove("instance-id"))
+                    .filter(|s| !s.is_empty())
+            })
+            .or_else(|| non_empty(wire.host_name.clone()));
+        let address = [wire.ip_addr.as_deref(), wire.host_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|candidate| candidate.trim().parse::<IpAddr>().ok())
+            .map(canonical);
+        let port = wire
+            .port
+            .and_then(|p| p.number)
+            .and_then(|n| n.trim().parse::<u16>().ok());
+        let registered_at = wire
+            .lease_info
+            .and_then(|l| l.registration_timestamp)
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .filter(|t| *t > 0);
+        // A missing status is UNKNOWN, like `toEnum`.
+        let status = wire
+            .status
+            .as_deref()
+            .map(Status::from_registry)
+            .unwrap_or(Status::Unknown);
+        Self {
+            id: id.map(Arc::from),
+            app: wire.app,
+            address,
+            port,
+            status,
+            registered_at,
+            metadata: wire.metadata,
+            deleted: wire.action_type.as_deref() == Some("DELETED"),
+        }
+    }
 }
 
 /// Why an instance in an otherwise valid document cannot be indexed.
@@ -124,28 +185,12 @@ pub enum Unusable {
 }
 
 impl InstanceInfo {
-    /// `InstanceInfo.getId()`: `instanceId` if non-empty, else the AWS `instance-id`, else
-    /// `hostName`.
-    pub fn id(&self) -> Option<String> {
-        let non_empty =
-            |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
-        non_empty(&self.instance_id)
-            .or_else(|| {
-                self.data_center_info
-                    .as_ref()
-                    .filter(|dc| dc.name.as_deref() == Some("Amazon"))
-                    .and_then(|dc| dc.metadata.get("instance-id").cloned())
-                    .filter(|s| !s.is_empty())
-            })
-            .or_else(|| non_empty(&self.host_name))
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
     }
 
-    /// The status as the registry reports it; a missing one is UNKNOWN, like `toEnum`.
     pub fn status(&self) -> Status {
         self.status
-            .as_deref()
-            .map(Status::from_registry)
-            .unwrap_or(Status::Unknown)
     }
 
     /// The identity, even for an instance that cannot be indexed (hash code bookkeeping).
@@ -153,53 +198,53 @@ impl InstanceInfo {
         let app = AppName::parse(self.app.as_deref().unwrap_or(app_fallback)).ok()?;
         Some(InstanceKey {
             app,
-            instance_id: self.id()?,
+            instance_id: self.id.clone()?,
         })
     }
 
-    /// The instance as synchspeed indexes it. `app_fallback` is the enclosing application's
+    /// The instance as synchspeed indexes it, its parts moved rather than copied (a full
+    /// registry is tens of thousands of these). `app_fallback` is the enclosing application's
     /// name, for old payloads without `app`.
-    pub fn to_instance(&self, app_fallback: &str) -> Result<Instance, Unusable> {
-        let app = AppName::parse(self.app.as_deref().unwrap_or(app_fallback))
-            .map_err(|_| Unusable::NoApp)?;
-        let instance_id = self.id().ok_or(Unusable::NoId)?;
-        let ip = [self.ip_addr.as_deref(), self.host_name.as_deref()]
-            .into_iter()
-            .flatten()
-            .find_map(|candidate| candidate.trim().parse::<IpAddr>().ok())
-            .map(canonical)
-            .ok_or(Unusable::NoAddress)?;
-        let port = self
-            .port
-            .as_ref()
-            .and_then(|p| p.number.as_deref())
-            .and_then(|n| n.trim().parse::<u16>().ok())
-            .ok_or(Unusable::NoPort)?;
-        let registered_at = self
-            .lease_info
-            .as_ref()
-            .and_then(|l| l.registration_timestamp.as_deref())
-            .and_then(|t| t.trim().parse::<i64>().ok())
-            .filter(|t| *t > 0);
-        Ok(Instance {
-            app,
-            instance_id,
-            ip,
-            port,
-            status: self.status(),
-            registered_at,
-            metadata: self.metadata.clone(),
+    pub fn into_instance(self, app_fallback: &str) -> Result<Instance, Unindexable> {
+        let key = self.key(app_fallback);
+        let why = match (&key, self.address, self.port) {
+            (Some(key), Some(ip), Some(port)) => {
+                return Ok(Instance {
+                    app: key.app.clone(),
+                    instance_id: key.instance_id.clone(),
+                    ip,
+                    port,
+                    status: self.status,
+                    registered_at: self.registered_at,
+                    metadata: self.metadata,
+                });
+            }
+            (None, ..) if self.id.is_none() => Unusable::NoId,
+            (None, ..) => Unusable::NoApp,
+            (Some(_), None, _) => Unusable::NoAddress,
+            (Some(_), Some(_), None) => Unusable::NoPort,
+        };
+        Err(Unindexable {
+            key,
+            status: self.status,
+            why,
         })
     }
 }
 
+/// An instance the registry has but synchspeed cannot index, with what is known of it: the
+/// registry's hash code still counts it.
+#[derive(Debug)]
+pub struct Unindexable {
+    /// `None` without an id or an app name.
+    pub key: Option<InstanceKey>,
+    pub status: Status,
+    pub why: Unusable,
+}
+
 /// `apps__hashcode`: for each status with a non-zero count, in alphabetical order of its name,
 /// `STATUS_count_` (`Applications.getReconcileHashCode`). Counts every instance of every app.
-pub fn reconcile_hash<'a>(statuses: impl IntoIterator<Item = &'a Status>) -> String {
-    let mut counts: HashMap<Status, usize> = HashMap::new();
-    for status in statuses {
-        *counts.entry(*status).or_default() += 1;
-    }
+pub fn reconcile_hash(counts: &HashMap<Status, usize>) -> String {
     let mut hash = String::new();
     for status in Status::ALPHABETICAL {
         if let Some(count) = counts.get(&status).filter(|c| **c > 0) {
@@ -306,13 +351,27 @@ mod tests {
         let apps: ApplicationsEnvelope = serde_json::from_str(JACKSON).unwrap();
         let apps = apps.applications;
         assert_eq!(apps.versions_delta.as_deref(), Some("1"));
-        let infos = &apps.application[0].instance;
-        let first = infos[0].to_instance("ORDER-SERVICE").unwrap();
+        let mut infos = apps
+            .application
+            .into_iter()
+            .next()
+            .unwrap()
+            .instance
+            .into_iter();
+        let first = infos
+            .next()
+            .unwrap()
+            .into_instance("ORDER-SERVICE")
+            .unwrap();
         assert_eq!(first.status, Status::OutOfService);
         assert_eq!(first.port, 8080);
         assert_eq!(first.registered_at, Some(1_700_000_000_000));
         assert_eq!(first.metadata["management.port"], "8081");
-        let second = infos[1].to_instance("ORDER-SERVICE").unwrap();
+        let second = infos
+            .next()
+            .unwrap()
+            .into_instance("ORDER-SERVICE")
+            .unwrap();
         assert!(
             second.metadata.is_empty(),
             "the @class marker is not metadata"
@@ -326,13 +385,12 @@ mod tests {
             "hostName":"10.0.0.7","ipAddr":"10.0.0.7","status":"UP","overriddenstatus":"UNKNOWN",
             "port":{"$":"8080","@enabled":true},"leaseInfo":{"registrationTimestamp":"1700000000000"}}}}}"#;
         let apps: ApplicationsEnvelope = serde_json::from_str(legacy).unwrap();
-        let app = &apps.applications.application[0];
-        let info = &app.instance[0];
-        assert_eq!(info.overridden_status.as_deref(), Some("UNKNOWN"));
-        let instance = info.to_instance(&app.name).unwrap();
+        let app = apps.applications.application.into_iter().next().unwrap();
+        let info = app.instance.into_iter().next().unwrap();
+        let instance = info.into_instance(&app.name).unwrap();
         assert_eq!(instance.app.as_str(), "ORDER-SERVICE");
         assert_eq!(
-            instance.instance_id, "10.0.0.7",
+            &*instance.instance_id, "10.0.0.7",
             "hostName is the id of last resort"
         );
         assert_eq!(instance.port, 8080);
@@ -358,17 +416,26 @@ mod tests {
           "dataCenterInfo":{"@class":"com.netflix.appinfo.AmazonInfo","name":"Amazon",
             "metadata":{"instance-id":"i-0abc"}}}}"#;
         let info: InstanceEnvelope = serde_json::from_str(body).unwrap();
-        assert_eq!(info.instance.id().as_deref(), Some("i-0abc"));
+        assert_eq!(info.instance.id(), Some("i-0abc"));
     }
 
     #[test]
     fn unusable_instances_say_why() {
         let body = r#"{"instance":{"instanceId":"x","app":"A","hostName":"db.internal","status":"UP","port":{"$":80}}}"#;
         let info: InstanceEnvelope = serde_json::from_str(body).unwrap();
-        assert_eq!(info.instance.to_instance("A"), Err(Unusable::NoAddress));
+        let unindexable = info.instance.into_instance("A").unwrap_err();
+        assert_eq!(unindexable.why, Unusable::NoAddress);
+        assert_eq!(unindexable.key.map(|k| k.instance_id), Some("x".into()));
         let body = r#"{"instance":{"instanceId":"x","app":"A","ipAddr":"10.0.0.1","status":"UP","port":{"$":"http"}}}"#;
         let info: InstanceEnvelope = serde_json::from_str(body).unwrap();
-        assert_eq!(info.instance.to_instance("A"), Err(Unusable::NoPort));
+        assert_eq!(
+            info.instance.into_instance("A").unwrap_err().why,
+            Unusable::NoPort
+        );
+        let body = r#"{"instance":{"app":"A","ipAddr":"10.0.0.1","status":"UP","port":{"$":80}}}"#;
+        let info: InstanceEnvelope = serde_json::from_str(body).unwrap();
+        let unindexable = info.instance.into_instance("A").unwrap_err();
+        assert_eq!((unindexable.why, unindexable.key), (Unusable::NoId, None));
     }
 
     #[test]
@@ -380,15 +447,14 @@ mod tests {
 
     #[test]
     fn reconcile_hash_matches_eurekas_format() {
-        let statuses = [
-            Status::Up,
-            Status::OutOfService,
-            Status::Up,
-            Status::Down,
-            Status::Up,
-        ];
-        assert_eq!(reconcile_hash(&statuses), "DOWN_1_OUT_OF_SERVICE_1_UP_3_");
-        assert_eq!(reconcile_hash(&[]), "");
+        let counts = HashMap::from([
+            (Status::Up, 3),
+            (Status::OutOfService, 1),
+            (Status::Down, 1),
+            (Status::Starting, 0),
+        ]);
+        assert_eq!(reconcile_hash(&counts), "DOWN_1_OUT_OF_SERVICE_1_UP_3_");
+        assert_eq!(reconcile_hash(&HashMap::new()), "");
     }
 
     #[test]

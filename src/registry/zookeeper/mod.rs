@@ -150,7 +150,7 @@ impl ZookeeperRegistry {
         };
         Some(Instance {
             app,
-            instance_id: registration.id,
+            instance_id: registration.id.into(),
             ip,
             port: registration.port,
             status: registration.status,
@@ -364,7 +364,7 @@ impl Registry for ZookeeperRegistry {
             let current = model::parse(&data)
                 .map_err(|reason| RegistryError::Malformed(format!("{path}: {reason}")))?
                 .ok_or_else(|| RegistryError::Malformed(format!("{path} has no data")))?;
-            if current.id != instance.instance_id
+            if *current.id != *instance.instance_id
                 || (instance.registered_at.is_some()
                     && current.registered_at != instance.registered_at)
             {
