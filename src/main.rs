@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use synchspeed::config::Settings;
-use synchspeed::startup::Application;
+use synchspeed::startup::{Application, StopSignals};
 use synchspeed::telemetry;
 
 /// sysexits.h EX_CONFIG: the configuration is unusable.
@@ -56,8 +56,15 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init_tracing(&settings.log);
+    let signals = match StopSignals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("synchspeed: cannot listen for stop signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match Application::build(settings).await {
-        Ok(app) => app.run_until_stopped().await,
+        Ok(app) => app.run_until_stopped(signals).await,
         Err(error) => Err(error),
     };
     match result {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -182,8 +183,8 @@ impl Application {
     }
 
     /// Serves until SIGTERM or Ctrl-C, then stops.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        wait_for_signal().await;
+    pub async fn run_until_stopped(self, mut signals: StopSignals) -> anyhow::Result<()> {
+        signals.received().await;
         info!("stop signal received");
         self.stop().await
     }
@@ -238,26 +239,27 @@ async fn forget_idempotency_keys(
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// SIGTERM (what a deploy platform sends) and SIGINT (Ctrl-C), listened for from the moment
+/// they are installed: before the service is built, so that a SIGTERM sent as soon as it says
+/// it serves is a clean stop, not the default action that kills it mid-write.
+pub struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn received(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
     }
 }
 

@@ -34,10 +34,10 @@ use crate::domain::{
 use crate::gateway::Progress;
 use crate::gateway::fanout::{FanOut, Job};
 use crate::gateway::nodes::NodeDirectory;
-use crate::gateway::{Notification, NotifiedInstance};
+use crate::gateway::{Delivery, Notification, NotifiedInstance};
 use crate::groups::{GroupSource, GroupsError};
 use crate::registry::{Registry, RegistryError};
-use crate::store::{IdempotencyKey, Store, StoreError};
+use crate::store::{DesiredState, IdempotencyKey, Store, StoreError};
 use crate::telemetry::{Metrics, NotificationLabels, OperationLabels};
 
 /// Registry writes one operation keeps in flight at once.
@@ -276,11 +276,14 @@ impl Orchestrator {
             .registry_step(&mut operation, &plan, request.action)
             .instrument(span.clone())
             .await;
-        if let Err(error) = registry_result {
-            record_settled(&self.metrics, &operation);
-            return Err(error);
-        }
-        let receiver = self.start_fanout(operation, &plan, permit, lane, span);
+        let desired = match registry_result {
+            Ok(desired) => desired,
+            Err(error) => {
+                record_settled(&self.metrics, &operation);
+                return Err(error);
+            }
+        };
+        let receiver = self.start_fanout(operation, &plan, permit, lane, span, Some(desired));
         match request.wait {
             None => Ok(DrainOutcome::Accepted(receiver.borrow().clone())),
             Some(timeout) => Ok(wait_for(receiver, timeout).await),
@@ -340,13 +343,14 @@ impl Orchestrator {
         })
     }
 
-    /// Writes every instance's status; all or nothing.
+    /// Writes every instance's status; all or nothing. When it took, the desired state is
+    /// in memory already, and what is returned is for the journal.
     async fn registry_step(
         &self,
         operation: &mut Operation,
         plan: &Plan,
         action: Action,
-    ) -> Result<(), DrainError> {
+    ) -> Result<DesiredState, DrainError> {
         let status = action.target_status();
         // Online lets go of the holds before the registry shows UP: a watching registry
         // reports the change at once, and the reconciler must not take it for a lost hold
@@ -390,15 +394,7 @@ impl Orchestrator {
         let now = Utc::now();
         if failures.is_empty() {
             operation.registry_updated_at = Some(now);
-            // The registry has changed: from here on the gateways must be told whatever the
-            // store says, so a store failure is logged, not returned.
-            if let Err(e) = self.record_desired_state(operation, plan, action).await {
-                error!(operation = %operation.id, "cannot record the desired state: {e}");
-            }
-            if let Err(e) = self.store.update_operation(operation).await {
-                error!(operation = %operation.id, "cannot journal the registry step: {e}");
-            }
-            return Ok(());
+            return Ok(self.desired_state(operation, plan, action));
         }
 
         // A write that got no answer may still land: it is put back too.
@@ -501,12 +497,9 @@ impl Orchestrator {
         }
     }
 
-    async fn record_desired_state(
-        &self,
-        operation: &Operation,
-        plan: &Plan,
-        action: Action,
-    ) -> Result<(), StoreError> {
+    /// The desired state a registry step that took sets, taken in memory at once (the
+    /// registry has changed, whatever the store says next).
+    fn desired_state(&self, operation: &Operation, plan: &Plan, action: Action) -> DesiredState {
         match action {
             Action::Offline => {
                 // A re-assertion continues the hold it enforces: `hold_max` counts from the
@@ -539,19 +532,20 @@ impl Orchestrator {
                         }
                     })
                     .collect();
-                // Memory first: the registry has changed whatever the store says next.
                 self.holds.put(&holds);
-                self.store.put_holds(&holds).await
+                DesiredState::Hold(holds)
             }
+            // Released from memory before the registry step; the journal follows.
             Action::Online => {
-                // Released from memory before the registry step; now in the store.
-                let keys: Vec<_> = plan.instances.iter().map(Instance::key).collect();
-                self.store.release_holds(&keys).await
+                DesiredState::Release(plan.instances.iter().map(Instance::key).collect())
             }
         }
     }
 
-    /// Starts the background fan-out and returns a view of its progress.
+    /// Starts the background fan-out and returns a view of its progress. `desired`: the
+    /// registry step just took and is journaled while the nodes are told, not before: a
+    /// crash before that journal redoes the (idempotent) registry step and tells every node,
+    /// which the at-least-once contract allows, and the caller waits for one write less.
     fn start_fanout(
         &self,
         operation: Operation,
@@ -559,6 +553,7 @@ impl Orchestrator {
         permit: OwnedSemaphorePermit,
         lane: LaneGuard,
         span: tracing::Span,
+        desired: Option<DesiredState>,
     ) -> watch::Receiver<Operation> {
         let notifications = notifications(&operation, plan);
         // Nodes that already answered (a resumed operation) are not told again.
@@ -568,6 +563,7 @@ impl Orchestrator {
             .map(|node| node.state == NodeState::Pending)
             .collect();
         let id = operation.id.clone();
+        let registry_step = desired.map(|desired| (operation.clone(), desired));
         let (sender, receiver) = watch::channel(operation);
         let sender = Arc::new(sender);
         let jobs: Vec<Job> = plan
@@ -594,29 +590,18 @@ impl Orchestrator {
             // and the next operation on these IPs starts after this one's last answer.
             let _permit = permit;
             let _lane = lane;
-            futures::pin_mut!(deliveries);
-            while let Some((slot, delivery)) = deliveries.next().await {
-                metrics
-                    .notification_seconds
-                    .get_or_create(&NotificationLabels {
-                        state: if delivery.acked { "acked" } else { "failed" }.into(),
-                    })
-                    .observe(delivery.elapsed.as_secs_f64());
-                sender.send_modify(|op| {
-                    let Some(node) = op.gateways.get_mut(slot) else { return };
-                    node.state = if delivery.acked { NodeState::Acked } else { NodeState::Failed };
-                    node.attempts = delivery.attempts;
-                    node.latency_ms = Some(delivery.elapsed.as_secs_f64() * 1000.0);
-                    node.error = delivery.error.clone();
-                    if delivery.haproxy.is_some() {
-                        node.haproxy = delivery.haproxy.clone();
+            let journal = async {
+                if let Some((operation, desired)) = &registry_step {
+                    // The registry has changed: the gateways are told whatever the store
+                    // says, so a store failure is logged, not returned.
+                    if let Err(e) = store.record_registry_step(operation, desired).await {
+                        error!(operation = %operation.id, "cannot journal the registry step: {e}");
                     }
-                    if !delivery.acked {
-                        warn!(node = %node.node, group = %node.group, attempts = delivery.attempts,
-                            "gateway node did not acknowledge: {}", delivery.error.as_deref().unwrap_or("no answer"));
-                    }
-                });
-            }
+                }
+            };
+            let answers = record_answers(deliveries, &sender, &metrics);
+            // The settle below is written after the registry step's record, never before.
+            tokio::join!(journal, answers);
             // Journaled and counted before anyone sees it settle: a caller answered
             // "succeeded" can rely on the audit trail (list queries read the store) and the
             // metrics.
@@ -721,12 +706,14 @@ fn new_operation(request: &DrainRequest, plan: &Plan) -> Operation {
 fn progress_of(sender: &Arc<watch::Sender<Operation>>, slot: usize) -> Progress {
     let sender = Arc::clone(sender);
     Progress::new(move |detail| {
-        sender.send_if_modified(|op| match op.gateways.get_mut(slot) {
-            Some(node) if node.state == NodeState::Pending => {
+        // Like a node's answer, seen by readers without waking the waiters.
+        sender.send_if_modified(|op| {
+            if let Some(node) = op.gateways.get_mut(slot)
+                && node.state == NodeState::Pending
+            {
                 node.haproxy = Some(detail);
-                true
             }
-            _ => false,
+            false
         });
     })
 }
@@ -761,6 +748,47 @@ fn notifications(
             (app, Arc::new(notification))
         })
         .collect()
+}
+
+/// Shows each node's answer on the live operation as it arrives. Visible to readers at once,
+/// but nobody is woken: the callers waiting for the outcome care about the settle only, and
+/// waking them for each of a hundred answers costs more than the answers themselves.
+async fn record_answers(
+    deliveries: impl futures::Stream<Item = (usize, Delivery)>,
+    sender: &watch::Sender<Operation>,
+    metrics: &Metrics,
+) {
+    futures::pin_mut!(deliveries);
+    while let Some((slot, delivery)) = deliveries.next().await {
+        let state = if delivery.acked { "acked" } else { "failed" };
+        metrics
+            .notification_seconds
+            .get_or_create(&NotificationLabels {
+                state: state.into(),
+            })
+            .observe(delivery.elapsed.as_secs_f64());
+        sender.send_if_modified(|op| {
+            let Some(node) = op.gateways.get_mut(slot) else {
+                return false;
+            };
+            node.state = if delivery.acked {
+                NodeState::Acked
+            } else {
+                NodeState::Failed
+            };
+            node.attempts = delivery.attempts;
+            node.latency_ms = Some(delivery.elapsed.as_secs_f64() * 1000.0);
+            node.error = delivery.error.clone();
+            if delivery.haproxy.is_some() {
+                node.haproxy = delivery.haproxy.clone();
+            }
+            if !delivery.acked {
+                warn!(node = %node.node, group = %node.group, attempts = delivery.attempts,
+                    "gateway node did not acknowledge: {}", delivery.error.as_deref().unwrap_or("no answer"));
+            }
+            false
+        });
+    }
 }
 
 /// Waits until the operation settles or `timeout` passes.

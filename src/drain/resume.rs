@@ -48,27 +48,31 @@ impl Orchestrator {
             .await;
         let span = tracing::info_span!("operation", id = %operation.id,
             action = operation.action.as_str(), resumed = true);
-        if operation.registry_updated_at.is_none() {
+        let desired = if operation.registry_updated_at.is_none() {
             if !self.registry_ready(shutdown).await {
                 // Stopping: it stays unfinished in the journal for the next start.
                 return;
             }
             self.metrics.operations_in_flight.inc();
             let action = operation.action;
-            if let Err(e) = self
+            match self
                 .registry_step(&mut operation, &plan, action)
                 .instrument(span.clone())
                 .await
             {
-                error!(operation = %operation.id, "resumed operation failed at the registry: {e}");
-                record_settled(&self.metrics, &operation);
-                return;
+                Ok(desired) => Some(desired),
+                Err(e) => {
+                    error!(operation = %operation.id, "resumed operation failed at the registry: {e}");
+                    record_settled(&self.metrics, &operation);
+                    return;
+                }
             }
         } else {
             self.metrics.operations_in_flight.inc();
-        }
+            None
+        };
         self.last_operations.record(&operation);
-        self.start_fanout(operation, &plan, permit, lane, span);
+        self.start_fanout(operation, &plan, permit, lane, span, desired);
     }
 
     /// Waits until the registry cache can be trusted; false when stopping first.

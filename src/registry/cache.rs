@@ -48,6 +48,13 @@ impl Record {
     }
 }
 
+/// One change to the copy.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Upsert(Instance),
+    Remove(InstanceKey),
+}
+
 #[derive(Debug, Default)]
 struct Indexed {
     by_key: HashMap<InstanceKey, Record>,
@@ -161,14 +168,17 @@ impl InstanceCache {
         indexed.loaded = true;
     }
 
-    /// Applies a batch of changes atomically (a delta).
-    pub fn apply(&self, upserts: Vec<Instance>, removals: Vec<InstanceKey>) {
+    /// Applies a batch of changes atomically and in order (a delta: the same instance may
+    /// change more than once in it, and the last change is the one that stands).
+    pub fn apply(&self, changes: Vec<Change>) {
         let mut indexed = self.write();
-        for key in &removals {
-            indexed.remove(key);
-        }
-        for instance in upserts {
-            indexed.insert(instance);
+        for change in changes {
+            match change {
+                Change::Upsert(instance) => indexed.insert(instance),
+                Change::Remove(key) => {
+                    indexed.remove(&key);
+                }
+            }
         }
     }
 
@@ -252,12 +262,12 @@ mod tests {
         assert_eq!(cache.on_ip("10.0.0.1".parse().unwrap()).len(), 2);
 
         // a2 moved to another IP: the old IP must forget it.
-        cache.apply(vec![instance("A", "a2", "10.0.0.3", 81)], vec![]);
+        cache.apply(vec![Change::Upsert(instance("A", "a2", "10.0.0.3", 81))]);
         assert_eq!(cache.on_ip("10.0.0.1".parse().unwrap()).len(), 1);
         assert_eq!(cache.on_ip("10.0.0.3".parse().unwrap()).len(), 1);
 
         let b1 = instance("B", "b1", "10.0.0.2", 80).key();
-        cache.apply(vec![], vec![b1]);
+        cache.apply(vec![Change::Remove(b1)]);
         assert!(cache.on_ip("10.0.0.2".parse().unwrap()).is_empty());
         assert!(cache.of_app(&AppName::parse("B").unwrap()).is_empty());
         assert_eq!(cache.of_app(&AppName::parse("a").unwrap()).len(), 2);
@@ -282,5 +292,24 @@ mod tests {
         assert_eq!(cache.on_ip("10.0.0.4".parse().unwrap()), vec![moved]);
         assert_eq!(cache.of_app(&AppName::parse("A").unwrap()).len(), 2);
         assert_eq!(cache.status_counts()[&Status::OutOfService], 1);
+    }
+
+    #[test]
+    fn changes_apply_in_order_and_the_last_one_stands() {
+        let cache = InstanceCache::default();
+        let up = instance("A", "a1", "10.0.0.1", 80);
+        let mut out = up.clone();
+        out.status = Status::OutOfService;
+        cache.replace_all([up.clone()]);
+        cache.apply(vec![
+            Change::Upsert(out.clone()),
+            Change::Upsert(up.clone()),
+            Change::Upsert(out.clone()),
+        ]);
+        assert_eq!(cache.get(&up.key()), Some(out.clone()));
+        cache.apply(vec![Change::Upsert(up.clone()), Change::Remove(up.key())]);
+        assert_eq!(cache.get(&up.key()), None);
+        cache.apply(vec![Change::Remove(up.key()), Change::Upsert(out.clone())]);
+        assert_eq!(cache.get(&up.key()), Some(out));
     }
 }

@@ -22,6 +22,15 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// What a registry step makes synchspeed keep its word on.
+#[derive(Debug, Clone)]
+pub enum DesiredState {
+    /// An offline: these instances are held (replacing any hold on them).
+    Hold(Vec<Hold>),
+    /// An online: the holds on these instances end.
+    Release(Vec<InstanceKey>),
+}
+
 /// Which operations to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct OperationFilter {
@@ -82,8 +91,14 @@ pub trait Store: Send + Sync {
     /// Operations still `in_progress` (left by a process that stopped mid-way).
     async fn unfinished_operations(&self) -> Result<Vec<Operation>, StoreError>;
 
-    /// Records holds (replacing any on the same instances).
-    async fn put_holds(&self, holds: &[Hold]) -> Result<(), StoreError>;
+    /// Journals a registry step that took: the operation as it stands after it, and the
+    /// desired state it set, in one transaction (a hold never names an operation the journal
+    /// shows as not having changed the registry).
+    async fn record_registry_step(
+        &self,
+        operation: &Operation,
+        desired: &DesiredState,
+    ) -> Result<(), StoreError>;
 
     /// Ends the holds on these instances.
     async fn release_holds(&self, keys: &[InstanceKey]) -> Result<(), StoreError>;

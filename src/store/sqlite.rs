@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use super::{IdempotencyKey, OperationFilter, Store, StoreError};
+use super::{DesiredState, IdempotencyKey, OperationFilter, Store, StoreError};
 use crate::domain::operation::millis;
 use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, OperationState, Status};
 
@@ -102,6 +102,65 @@ fn decode_key(app: &str, instance_id: String) -> Result<InstanceKey, StoreError>
         app: AppName::parse(app).map_err(|e| StoreError::Corrupt(format!("app '{app}': {e}")))?,
         instance_id: instance_id.into(),
     })
+}
+
+/// Replaces the record of a journaled operation.
+async fn write_operation(
+    connection: &mut SqliteConnection,
+    operation: &Operation,
+    body: String,
+) -> Result<(), StoreError> {
+    let updated =
+        sqlx::query("UPDATE operations SET state = ?2, updated_at = ?3, body = ?4 WHERE id = ?1")
+            .bind(operation.id.to_string())
+            .bind(operation.state.as_str())
+            .bind(millis::format(&Utc::now()))
+            .bind(body)
+            .execute(&mut *connection)
+            .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "operation {} was never journaled",
+            operation.id
+        )));
+    }
+    Ok(())
+}
+
+async fn upsert_holds(connection: &mut SqliteConnection, holds: &[Hold]) -> Result<(), StoreError> {
+    for hold in holds {
+        sqlx::query(
+            "INSERT INTO holds (app, instance_id, ip, port, registered_at, operation_id, since)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (app, instance_id) DO UPDATE SET ip = excluded.ip, port = excluded.port,
+                 registered_at = excluded.registered_at, operation_id = excluded.operation_id,
+                 since = excluded.since",
+        )
+        .bind(hold.app.as_str())
+        .bind(&hold.instance_id)
+        .bind(hold.ip.to_string())
+        .bind(i64::from(hold.port))
+        .bind(hold.registered_at)
+        .bind(hold.operation_id.to_string())
+        .bind(millis::format(&hold.since))
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn delete_holds(
+    connection: &mut SqliteConnection,
+    keys: &[InstanceKey],
+) -> Result<(), StoreError> {
+    for key in keys {
+        sqlx::query("DELETE FROM holds WHERE app = ?1 AND instance_id = ?2")
+            .bind(key.app.as_str())
+            .bind(key.instance_id.as_ref())
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -202,22 +261,9 @@ impl Store for SqliteStore {
     }
 
     async fn update_operation(&self, operation: &Operation) -> Result<(), StoreError> {
-        let updated = sqlx::query(
-            "UPDATE operations SET state = ?2, updated_at = ?3, body = ?4 WHERE id = ?1",
-        )
-        .bind(operation.id.to_string())
-        .bind(operation.state.as_str())
-        .bind(millis::format(&Utc::now()))
-        .bind(encode_operation(operation)?)
-        .execute(&self.pool)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "operation {} was never journaled",
-                operation.id
-            )));
-        }
-        Ok(())
+        let body = encode_operation(operation)?;
+        let mut connection = self.pool.acquire().await?;
+        write_operation(&mut connection, operation, body).await
     }
 
     async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
@@ -286,39 +332,25 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn put_holds(&self, holds: &[Hold]) -> Result<(), StoreError> {
+    async fn record_registry_step(
+        &self,
+        operation: &Operation,
+        desired: &DesiredState,
+    ) -> Result<(), StoreError> {
+        let body = encode_operation(operation)?;
         let mut tx = self.pool.begin().await?;
-        for hold in holds {
-            sqlx::query(
-                "INSERT INTO holds (app, instance_id, ip, port, registered_at, operation_id, since)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (app, instance_id) DO UPDATE SET ip = excluded.ip, port = excluded.port,
-                     registered_at = excluded.registered_at, operation_id = excluded.operation_id,
-                     since = excluded.since",
-            )
-            .bind(hold.app.as_str())
-            .bind(&hold.instance_id)
-            .bind(hold.ip.to_string())
-            .bind(i64::from(hold.port))
-            .bind(hold.registered_at)
-            .bind(hold.operation_id.to_string())
-            .bind(millis::format(&hold.since))
-            .execute(&mut *tx)
-            .await?;
+        match desired {
+            DesiredState::Hold(holds) => upsert_holds(&mut tx, holds).await?,
+            DesiredState::Release(keys) => delete_holds(&mut tx, keys).await?,
         }
+        write_operation(&mut tx, operation, body).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn release_holds(&self, keys: &[InstanceKey]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for key in keys {
-            sqlx::query("DELETE FROM holds WHERE app = ?1 AND instance_id = ?2")
-                .bind(key.app.as_str())
-                .bind(&key.instance_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        delete_holds(&mut tx, keys).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -141,16 +141,27 @@ impl Inner {
 
     fn applications(&self, delta: bool) -> Value {
         let application: Vec<Value> = if delta {
-            let mut by_app: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+            // `getApplicationDeltas` adds each queued change to its app with `addInstance`,
+            // which keys instances by id: an instance changed twice appears once, as it is
+            // now.
+            let mut by_app: BTreeMap<&str, BTreeMap<&str, Value>> = BTreeMap::new();
             for (_, instance) in &self.delta {
+                let current = self
+                    .apps
+                    .get(&instance.app)
+                    .and_then(|a| a.get(&instance.id))
+                    .filter(|_| instance.action_type != "DELETED")
+                    .unwrap_or(instance);
                 by_app
                     .entry(&instance.app)
                     .or_default()
-                    .push(instance.to_json());
+                    .insert(&instance.id, current.to_json());
             }
             by_app
                 .into_iter()
-                .map(|(name, instances)| json!({"name": name, "instance": instances}))
+                .map(|(name, instances)| {
+                    json!({"name": name, "instance": instances.into_values().collect::<Vec<_>>()})
+                })
                 .collect()
         } else {
             self.apps

@@ -6,6 +6,7 @@ pub mod model;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use tracing::{debug, info, warn};
 pub use client::{EurekaClient, Peer, PeerError, error_chain};
 use model::{Applications, Unindexable, reconcile_hash};
 
-use super::cache::InstanceCache;
+use super::cache::{Change, InstanceCache};
 use super::{Registry, RegistryError, Sighting, StatusChange};
 use crate::config::EurekaSettings;
 use crate::domain::{AppName, Instance, InstanceKey, PeerOutcome, PeerResult, Status};
@@ -41,6 +42,10 @@ pub struct EurekaRegistry {
     mirror: Mutex<Mirror>,
     /// Serialises refreshes: deltas must be applied one at a time, in order.
     refreshing: tokio::sync::Mutex<()>,
+    /// Counts synchspeed's own status writes. One that lands while a delta is on its way
+    /// is in the cache but not in that delta's hash code: the hash check of that delta would
+    /// mismatch, and a full fetch of the whole registry would follow every busy second.
+    writes: AtomicU64,
     refresh_every: Duration,
     metrics: Arc<Metrics>,
 }
@@ -52,6 +57,7 @@ impl EurekaRegistry {
             cache: InstanceCache::default(),
             mirror: Mutex::default(),
             refreshing: tokio::sync::Mutex::new(()),
+            writes: AtomicU64::new(0),
             refresh_every: settings.refresh,
             metrics,
         }
@@ -100,6 +106,7 @@ impl EurekaRegistry {
     /// the hash check: on a mismatch the copy has drifted and a full fetch replaces it, as
     /// `DiscoveryClient.getAndUpdateDelta` does.
     async fn fetch_delta(&self) -> Result<(), RegistryError> {
+        let writes_before = self.writes.load(Ordering::SeqCst);
         let envelope = match self.client.get_applications(true).await {
             Ok(envelope) => envelope,
             Err(errors) => {
@@ -113,6 +120,11 @@ impl EurekaRegistry {
         let hash = self.apply_delta(delta);
         match expected_hash.as_deref() {
             Some(expected) if expected != hash => {
+                if self.writes.load(Ordering::SeqCst) != writes_before {
+                    // Our own write raced the delta; the next quiet delta checks the copy.
+                    debug!(expected, local = %hash, "eureka: hash check skipped, a write raced the delta");
+                    return Ok(());
+                }
                 debug!(expected, local = %hash, "eureka: hash mismatch after delta, full fetch");
                 self.fetch_full().await
             }
@@ -120,30 +132,27 @@ impl EurekaRegistry {
         }
     }
 
-    /// Applies a delta idempotently and returns the local copy's hash code after it.
+    /// Applies a delta idempotently and returns the local copy's hash code after it. The
+    /// changes are applied in the delta's order: when one instance appears more than once,
+    /// the last entry is its current state.
     fn apply_delta(&self, delta: Applications) -> String {
-        let mut upserts = Vec::new();
-        let mut removals = Vec::new();
+        let mut changes = Vec::new();
         let mut mirror = self.mirror();
         for app in delta.application {
             for info in app.instance {
                 let deleted = info.deleted;
                 match info.into_instance(&app.name) {
-                    Ok(instance) if deleted => {
-                        mirror.unindexed.remove(&instance.key());
-                        removals.push(instance.key());
-                    }
                     Ok(instance) => {
                         mirror.unindexed.remove(&instance.key());
-                        // The same change shows up in every delta for 3 minutes: skip what
-                        // the copy already has, so a busy registry costs no cache writes.
-                        if self.cache.get(&instance.key()).as_ref() != Some(&instance) {
-                            upserts.push(instance);
-                        }
+                        changes.push(if deleted {
+                            Change::Remove(instance.key())
+                        } else {
+                            Change::Upsert(instance)
+                        });
                     }
                     Err(Unindexable { key: Some(key), .. }) if deleted => {
                         mirror.unindexed.remove(&key);
-                        removals.push(key);
+                        changes.push(Change::Remove(key));
                     }
                     Err(Unindexable {
                         key: Some(key),
@@ -153,7 +162,7 @@ impl EurekaRegistry {
                         // It may have been indexable before; it is not any more.
                         warn!(app = %key.app, id = %key.instance_id, "eureka: instance not indexed: {why}");
                         mirror.unindexed.insert(key.clone(), status);
-                        removals.push(key);
+                        changes.push(Change::Remove(key));
                     }
                     Err(Unindexable { key: None, why, .. }) => {
                         warn!(app = %app.name, "eureka: delta entry skipped: {why}");
@@ -161,7 +170,9 @@ impl EurekaRegistry {
                 }
             }
         }
-        self.cache.apply(upserts, removals);
+        // The same change shows up in every delta for 3 minutes; the cache skips what it
+        // already has, so a busy registry costs no index updates.
+        self.cache.apply(changes);
         self.local_hash(&mirror)
     }
 
@@ -309,6 +320,7 @@ impl Registry for EurekaRegistry {
         .await;
         let change = aggregate(peers)?;
         self.cache.set_status(&instance.key(), status);
+        self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(change)
     }
 

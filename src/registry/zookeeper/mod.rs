@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use zookeeper_client::{AddWatchMode, Client, EventType, PersistentWatcher, SessionState};
 
 use self::model::Registration;
-use super::cache::InstanceCache;
+use super::cache::{Change, InstanceCache};
 use super::{Registry, RegistryError, StatusChange};
 use crate::config::ZookeeperSettings;
 use crate::domain::{AppName, Instance, InstanceKey, PeerOutcome, PeerResult, Status};
@@ -231,14 +231,14 @@ impl ZookeeperRegistry {
         };
         debug!(znode = path, status = %instance.status, "instance changed");
         lock(&self.znodes).insert(instance.key(), path.to_owned());
-        self.cache.apply(vec![instance.clone()], Vec::new());
+        self.cache.apply(vec![Change::Upsert(instance.clone())]);
         let _ = self.changes.send(instance);
     }
 
     fn forget(&self, path: &str) {
         if let Some(key) = lock(&self.znodes).remove_path(path) {
             debug!(znode = path, "instance left");
-            self.cache.apply(Vec::new(), vec![key]);
+            self.cache.apply(vec![Change::Remove(key)]);
         }
     }
 
