@@ -29,7 +29,7 @@ pub use plan::{Plan, describe};
 use crate::config::DrainSettings;
 use crate::domain::{
     Action, Caller, Hold, Instance, InstanceResult, NodeResult, NodeState, Operation,
-    OperationError, OperationId, OperationState, RegistryStep, Status, Target,
+    OperationError, OperationId, OperationState, PeerResult, RegistryStep, Status, Target,
 };
 use crate::gateway::Progress;
 use crate::gateway::fanout::{FanOut, Job};
@@ -563,7 +563,11 @@ impl Orchestrator {
             .map(|node| node.state == NodeState::Pending)
             .collect();
         let id = operation.id.clone();
-        let registry_step = desired.map(|desired| (operation.clone(), desired));
+        let registry_step = desired.map(|desired| RegistryRecord {
+            desired,
+            instances: plan.instances.clone(),
+            status: operation.action.target_status(),
+        });
         let (sender, receiver) = watch::channel(operation);
         let sender = Arc::new(sender);
         let jobs: Vec<Job> = plan
@@ -583,6 +587,7 @@ impl Orchestrator {
         lock(&self.live).insert(id.clone(), receiver.clone());
         let deliveries = self.fanout.deliver(jobs);
         let store = Arc::clone(&self.store);
+        let registry = Arc::clone(&self.registry);
         let metrics = Arc::clone(&self.metrics);
         let live = Arc::clone(&self.live);
         let task = async move {
@@ -591,10 +596,12 @@ impl Orchestrator {
             let _permit = permit;
             let _lane = lane;
             let journal = async {
-                if let Some((operation, desired)) = &registry_step {
+                if let Some(step) = &registry_step {
+                    read_back(registry.as_ref(), step, &sender).await;
+                    let operation = sender.borrow().clone();
                     // The registry has changed: the gateways are told whatever the store
                     // says, so a store failure is logged, not returned.
-                    if let Err(e) = store.record_registry_step(operation, desired).await {
+                    if let Err(e) = store.record_registry_step(&operation, &step.desired).await {
                         error!(operation = %operation.id, "cannot journal the registry step: {e}");
                     }
                 }
@@ -748,6 +755,45 @@ fn notifications(
             (app, Arc::new(notification))
         })
         .collect()
+}
+
+/// A registry step that took, for the record: what it set, and on which instances.
+struct RegistryRecord {
+    desired: DesiredState,
+    instances: Vec<Instance>,
+    status: Status,
+}
+
+/// Reads back what the registry shows for each instance written, onto the live operation.
+async fn read_back(
+    registry: &dyn Registry,
+    step: &RegistryRecord,
+    sender: &watch::Sender<Operation>,
+) {
+    let written: Vec<(usize, Vec<PeerResult>)> = sender
+        .borrow()
+        .instances
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| record.registry == RegistryStep::Updated)
+        .map(|(index, record)| (index, record.peers.clone()))
+        .collect();
+    let reads = written.into_iter().filter_map(|(index, mut peers)| {
+        let instance = step.instances.get(index)?;
+        Some(async move {
+            registry.verify(instance, step.status, &mut peers).await;
+            (index, peers)
+        })
+    });
+    let mut reads = futures::stream::iter(reads).buffer_unordered(REGISTRY_WRITES_IN_FLIGHT);
+    while let Some((index, peers)) = reads.next().await {
+        sender.send_if_modified(|op| {
+            if let Some(record) = op.instances.get_mut(index) {
+                record.peers = peers;
+            }
+            false
+        });
+    }
 }
 
 /// Shows each node's answer on the live operation as it arrives. Visible to readers at once,

@@ -60,14 +60,21 @@ pub trait Registry: Send + Sync {
     /// The instances of one app (a gateway group's nodes), every status.
     async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError>;
 
-    /// Writes `status` (OUT_OF_SERVICE or UP) for `instance` to every authority and verifies
-    /// it. Ok when at least one authority accepted; the answers of the others are in the
-    /// result. Never deregisters.
+    /// Writes `status` (OUT_OF_SERVICE or UP) for `instance` to every authority. Ok when at
+    /// least one authority accepted; the answers of the others are in the result. Never
+    /// deregisters.
     async fn set_status(
         &self,
         instance: &Instance,
         status: Status,
     ) -> Result<StatusChange, RegistryError>;
+
+    /// Reads back what an accepted write left on each authority into `peers` (the
+    /// `set_status` answers): the status a peer shows, and why it differs when it does. For
+    /// the record only, so it runs while the gateways are told rather than before: a peer
+    /// that took the write has it, whatever it shows. Backends whose write is its own
+    /// verification (a compare-and-set) have nothing to add.
+    async fn verify(&self, _instance: &Instance, _status: Status, _peers: &mut [PeerResult]) {}
 
     /// Brings the cache up to date now (a caller asked about an IP the cache does not know).
     async fn refresh(&self) -> Result<(), RegistryError>;

@@ -202,22 +202,32 @@ impl EurekaRegistry {
         result
     }
 
-    /// One peer's write and its verification.
+    /// One peer's write.
     async fn write_peer(&self, peer: &Peer, instance: &Instance, status: Status) -> PeerResult {
-        let app = instance.app.as_str();
-        let id = &*instance.instance_id;
         let mut result = PeerResult {
             peer: peer.display().to_owned(),
             outcome: PeerOutcome::Accepted,
             verified_status: None,
             error: None,
         };
+        let (app, id) = (instance.app.as_str(), &*instance.instance_id);
         if let Err(error) = self.client.write_status(peer, app, id, status).await {
             self.metrics.registry_error("eureka", "write_status");
             result.outcome = error.write_outcome();
             result.error = Some(error.to_string());
-            return result;
         }
+        result
+    }
+
+    /// What one peer shows after it accepted a write, read from the registry itself.
+    async fn read_back(
+        &self,
+        peer: &Peer,
+        instance: &Instance,
+        status: Status,
+        result: &mut PeerResult,
+    ) {
+        let (app, id) = (instance.app.as_str(), &*instance.instance_id);
         match self.client.get_instance(peer, app, id).await {
             Ok(info) => {
                 let verified = info.status();
@@ -236,7 +246,6 @@ impl EurekaRegistry {
                 result.error = Some(format!("accepted, not verified: {error}"));
             }
         }
-        result
     }
 }
 
@@ -322,6 +331,21 @@ impl Registry for EurekaRegistry {
         self.cache.set_status(&instance.key(), status);
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(change)
+    }
+
+    async fn verify(&self, instance: &Instance, status: Status, peers: &mut [PeerResult]) {
+        let checks = peers
+            .iter_mut()
+            .filter(|result| result.outcome == PeerOutcome::Accepted)
+            .filter_map(|result| {
+                let peer = self
+                    .client
+                    .peers
+                    .iter()
+                    .find(|peer| peer.display() == result.peer)?;
+                Some(self.read_back(peer, instance, status, result))
+            });
+        join_all(checks).await;
     }
 
     /// Every peer, uncached (`GET apps/{APP}/{id}` reads the registry itself, §1.6): a peer
