@@ -381,3 +381,37 @@ async fn a_registry_slower_than_the_timeout_is_a_clear_503_and_no_gateway_is_tol
     a.set_mode(Mode::Normal);
     eventually("the peer is back to UP", || async { status(&a) == "UP" }).await;
 }
+
+#[tokio::test]
+async fn gateways_are_told_before_the_registry_is_read_back() {
+    let eureka = EurekaDouble::with_order_service().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let app = TestApp::spawn(
+        TestConfig::eureka(&[eureka.url()])
+            .route("ORDER-SERVICE", &["EDGE"])
+            .nodes("EDGE", vec![node.address()]),
+    )
+    .await;
+    eureka.hold_instance_reads();
+    let accepted = app.post("/api/v1/instances/10.0.0.5/offline").await;
+    assert_eq!(accepted.status(), 202);
+    let id = accepted.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The write took, so the node is told while the read-back still waits for an answer;
+    // the operation settles only with it.
+    eventually("the node is told", || async { !node.received().is_empty() }).await;
+    let live = app.get_json(&format!("/api/v1/operations/{id}")).await;
+    assert_eq!(live["state"], "in_progress", "{live}");
+    assert!(live["instances"][0]["peers"][0]["verifiedStatus"].is_null());
+
+    eureka.release_instance_reads();
+    let settled = app.settled(&id).await;
+    assert_eq!(settled["state"], "succeeded");
+    assert_eq!(
+        settled["instances"][0]["peers"][0]["verifiedStatus"],
+        "OUT_OF_SERVICE"
+    );
+}

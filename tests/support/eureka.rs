@@ -207,6 +207,8 @@ pub struct EurekaDouble {
     pub addr: SocketAddr,
     base: String,
     server: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// While true, `GET apps/{APP}/{id}` waits (a peer slow to answer reads).
+    instance_reads_held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl EurekaDouble {
@@ -225,6 +227,7 @@ impl EurekaDouble {
             addr,
             base: base.to_owned(),
             server: Arc::new(Mutex::new(None)),
+            instance_reads_held: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
         let app = Router::new()
             .route(&format!("{base}/apps"), get(get_apps))
@@ -319,6 +322,15 @@ impl EurekaDouble {
     pub fn register_silently(&self, app: &str, id: &str, ip: &str, port: u16) {
         self.register(app, id, ip, port, "UP");
         self.lock().delta.pop();
+    }
+
+    /// Makes `GET apps/{APP}/{id}` wait until [`Self::release_instance_reads`].
+    pub fn hold_instance_reads(&self) {
+        self.instance_reads_held.send_replace(true);
+    }
+
+    pub fn release_instance_reads(&self) {
+        self.instance_reads_held.send_replace(false);
     }
 
     /// Empties the delta queue, as if its 3-minute retention had passed (benchmarks register
@@ -522,6 +534,10 @@ async fn instance_resource(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let app = app.to_uppercase();
+    if method == Method::GET {
+        let mut held = double.instance_reads_held.subscribe();
+        let _ = held.wait_for(|held| !held).await;
+    }
     let mut inner = double.lock();
     match method {
         Method::GET => match inner.apps.get(&app).and_then(|a| a.get(&id)) {
