@@ -79,6 +79,20 @@ impl TestConfig {
         self
     }
 
+    /// The Eureka peers' settings, replacing the test defaults (100 ms refresh, 1 s timeout).
+    pub fn eureka_settings(mut self, refresh: &str, timeout: &str) -> Self {
+        let urls: Vec<String> = self
+            .eureka_urls
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect();
+        self.registry = Some(format!(
+            "[registry]\nkind = \"eureka\"\n[registry.eureka]\nurls = [{}]\nrefresh = \"{refresh}\"\ntimeout = \"{timeout}\"\n",
+            urls.join(", ")
+        ));
+        self
+    }
+
     pub fn drain(mut self, lines: &str) -> Self {
         self.drain = lines.into();
         self

@@ -161,3 +161,58 @@ async fn a_peer_that_stalls_in_the_middle_of_an_answer_is_named_and_passed_over(
     let app = TestApp::spawn(TestConfig::eureka(&[stalled.url(), good.url()])).await;
     assert_eq!(app.get("/api/v1/instances/10.0.0.5").await.status(), 200);
 }
+
+#[tokio::test]
+async fn our_own_write_racing_a_delta_does_not_refetch_the_whole_registry() {
+    let eureka = EurekaDouble::start().await;
+    eureka.register("ORDER-SERVICE", "a", "10.0.0.5", 8080, "UP");
+    // An old registration: no delta carries it any more.
+    eureka.forget_delta();
+    let app =
+        TestApp::spawn(TestConfig::eureka(&[eureka.url()]).eureka_settings("100ms", "10s")).await;
+    let full_fetches = || {
+        eureka
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/apps"))
+            .count()
+    };
+    assert_eq!(full_fetches(), 1);
+
+    // A delta computed before the write, answered after it: its hash code counts the
+    // instance UP while the copy, told of the write, has it OUT_OF_SERVICE.
+    eureka.hold_deltas();
+    eventually("a delta is computed and held", || async {
+        eureka.deltas_waiting() == 1
+    })
+    .await;
+    let offline = app
+        .post("/api/v1/instances/10.0.0.5/offline?wait=true")
+        .await;
+    assert_eq!(offline.status(), 200);
+    let deltas_before = eureka
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/delta"))
+        .count();
+    eureka.release_deltas();
+    eventually("a later delta is asked for", || async {
+        eureka
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/delta"))
+            .count()
+            > deltas_before
+    })
+    .await;
+    assert_eq!(
+        full_fetches(),
+        1,
+        "the mismatch our own write caused is not a drift"
+    );
+    let instance = app.get_json("/api/v1/instances/10.0.0.5").await;
+    assert_eq!(
+        instance["instances"][0]["status"], "OUT_OF_SERVICE",
+        "{instance}"
+    );
+}

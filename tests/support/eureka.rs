@@ -209,6 +209,11 @@ pub struct EurekaDouble {
     server: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// While true, `GET apps/{APP}/{id}` waits (a peer slow to answer reads).
     instance_reads_held: Arc<tokio::sync::watch::Sender<bool>>,
+    /// While true, a delta is computed at once but answered only when released (the registry
+    /// changes meanwhile: the answer is older than it looks).
+    deltas_held: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Deltas computed and waiting to be answered.
+    deltas_waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl EurekaDouble {
@@ -228,6 +233,8 @@ impl EurekaDouble {
             base: base.to_owned(),
             server: Arc::new(Mutex::new(None)),
             instance_reads_held: Arc::new(tokio::sync::watch::Sender::new(false)),
+            deltas_held: Arc::new(tokio::sync::watch::Sender::new(false)),
+            deltas_waiting: Arc::default(),
         };
         let app = Router::new()
             .route(&format!("{base}/apps"), get(get_apps))
@@ -331,6 +338,21 @@ impl EurekaDouble {
 
     pub fn release_instance_reads(&self) {
         self.instance_reads_held.send_replace(false);
+    }
+
+    /// Computes each delta when asked but answers it only after [`Self::release_deltas`].
+    pub fn hold_deltas(&self) {
+        self.deltas_held.send_replace(true);
+    }
+
+    pub fn release_deltas(&self) {
+        self.deltas_held.send_replace(false);
+    }
+
+    /// Deltas computed and not answered yet.
+    pub fn deltas_waiting(&self) -> usize {
+        self.deltas_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Empties the delta queue, as if its 3-minute retention had passed (benchmarks register
@@ -494,6 +516,12 @@ async fn get_apps(State(double): State<EurekaDouble>, headers: HeaderMap) -> Res
 
 async fn get_delta(State(double): State<EurekaDouble>, headers: HeaderMap) -> Response {
     let body = double.lock().applications(true);
+    if *double.deltas_held.borrow() {
+        use std::sync::atomic::Ordering;
+        double.deltas_waiting.fetch_add(1, Ordering::SeqCst);
+        let _ = double.deltas_held.subscribe().wait_for(|held| !held).await;
+        double.deltas_waiting.fetch_sub(1, Ordering::SeqCst);
+    }
     if !wants_json(&headers) {
         return xml(&body);
     }
