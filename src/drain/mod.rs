@@ -121,7 +121,16 @@ impl DrainError {
 }
 
 /// Operations whose fan-out is still running: readers see their progress live.
-type LiveOperations = Mutex<HashMap<OperationId, watch::Receiver<Operation>>>;
+type LiveOperations = Mutex<HashMap<OperationId, LiveOperation>>;
+
+/// An operation whose fan-out is running.
+struct LiveOperation {
+    progress: watch::Receiver<Operation>,
+    /// The desired state of its registry step until the journal has it: a shutdown that
+    /// journals the operation as it stands journals this with it, so the journal never shows
+    /// a registry step done without the holds it set.
+    unjournaled: Arc<Mutex<Option<DesiredState>>>,
+}
 
 pub struct Orchestrator {
     registry: Arc<dyn Registry>,
@@ -214,7 +223,9 @@ impl Orchestrator {
 
     /// An operation, live if its fan-out is running, else from the store.
     pub async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
-        let live = lock(&self.live).get(id).map(|rx| rx.borrow().clone());
+        let live = lock(&self.live)
+            .get(id)
+            .map(|live| live.progress.borrow().clone());
         match live {
             Some(operation) => Ok(Some(operation)),
             None => self.store.operation(id).await,
@@ -563,11 +574,9 @@ impl Orchestrator {
             .map(|node| node.state == NodeState::Pending)
             .collect();
         let id = operation.id.clone();
-        let registry_step = desired.map(|desired| RegistryRecord {
-            desired,
-            instances: plan.instances.clone(),
-            status: operation.action.target_status(),
-        });
+        let unjournaled = Arc::new(Mutex::new(desired));
+        let instances = plan.instances.clone();
+        let status = operation.action.target_status();
         let (sender, receiver) = watch::channel(operation);
         let sender = Arc::new(sender);
         let jobs: Vec<Job> = plan
@@ -584,7 +593,13 @@ impl Orchestrator {
                 })
             })
             .collect();
-        lock(&self.live).insert(id.clone(), receiver.clone());
+        lock(&self.live).insert(
+            id.clone(),
+            LiveOperation {
+                progress: receiver.clone(),
+                unjournaled: Arc::clone(&unjournaled),
+            },
+        );
         let deliveries = self.fanout.deliver(jobs);
         let store = Arc::clone(&self.store);
         let registry = Arc::clone(&self.registry);
@@ -596,14 +611,19 @@ impl Orchestrator {
             let _permit = permit;
             let _lane = lane;
             let journal = async {
-                if let Some(step) = &registry_step {
-                    read_back(registry.as_ref(), step, &sender).await;
+                let desired = lock(&unjournaled).clone();
+                if let Some(desired) = desired {
                     let operation = sender.borrow().clone();
                     // The registry has changed: the gateways are told whatever the store
                     // says, so a store failure is logged, not returned.
-                    if let Err(e) = store.record_registry_step(&operation, &step.desired).await {
-                        error!(operation = %operation.id, "cannot journal the registry step: {e}");
+                    match store.record_registry_step(&operation, &desired).await {
+                        Ok(()) => *lock(&unjournaled) = None,
+                        Err(e) => {
+                            error!(operation = %operation.id, "cannot journal the registry step: {e}")
+                        }
                     }
+                    // For the record only; the settle journals what it finds.
+                    read_back(registry.as_ref(), &instances, status, &sender).await;
                 }
             };
             let answers = record_answers(deliveries, &sender, &metrics);
@@ -614,7 +634,13 @@ impl Orchestrator {
             // metrics.
             let mut settled = sender.borrow().clone();
             settled.settle(Utc::now());
-            if let Err(e) = store.update_operation(&settled).await {
+            // A registry step whose own journal failed gets a second chance with the settle.
+            let desired = lock(&unjournaled).clone();
+            let written = match &desired {
+                Some(desired) => store.record_registry_step(&settled, desired).await,
+                None => store.update_operation(&settled).await,
+            };
+            if let Err(e) = written {
                 error!(operation = %settled.id, "cannot record the settled operation: {e}");
             }
             record_settled(&metrics, &settled);
@@ -637,12 +663,21 @@ impl Orchestrator {
             );
             // The next start resumes from here and tells only the nodes that had not
             // answered yet.
-            let snapshots: Vec<Operation> = lock(&self.live)
+            let snapshots: Vec<(Operation, Option<DesiredState>)> = lock(&self.live)
                 .values()
-                .map(|receiver| receiver.borrow().clone())
+                .map(|live| {
+                    (
+                        live.progress.borrow().clone(),
+                        lock(&live.unjournaled).clone(),
+                    )
+                })
                 .collect();
-            for operation in snapshots {
-                if let Err(e) = self.store.update_operation(&operation).await {
+            for (operation, desired) in snapshots {
+                let written = match &desired {
+                    Some(desired) => self.store.record_registry_step(&operation, desired).await,
+                    None => self.store.update_operation(&operation).await,
+                };
+                if let Err(e) = written {
                     error!(operation = %operation.id, "cannot journal the unfinished operation: {e}");
                 }
             }
@@ -757,17 +792,12 @@ fn notifications(
         .collect()
 }
 
-/// A registry step that took, for the record: what it set, and on which instances.
-struct RegistryRecord {
-    desired: DesiredState,
-    instances: Vec<Instance>,
-    status: Status,
-}
-
-/// Reads back what the registry shows for each instance written, onto the live operation.
+/// Reads back what the registry shows for each instance written (`status`, on `instances`
+/// in the operation's order), onto the live operation.
 async fn read_back(
     registry: &dyn Registry,
-    step: &RegistryRecord,
+    instances: &[Instance],
+    status: Status,
     sender: &watch::Sender<Operation>,
 ) {
     let written: Vec<(usize, Vec<PeerResult>)> = sender
@@ -779,9 +809,9 @@ async fn read_back(
         .map(|(index, record)| (index, record.peers.clone()))
         .collect();
     let reads = written.into_iter().filter_map(|(index, mut peers)| {
-        let instance = step.instances.get(index)?;
+        let instance = instances.get(index)?;
         Some(async move {
-            registry.verify(instance, step.status, &mut peers).await;
+            registry.verify(instance, status, &mut peers).await;
             (index, peers)
         })
     });

@@ -141,4 +141,10 @@ async fn sigterm_past_the_grace_journals_the_fan_out_and_the_next_start_finishes
         1,
         "the node that had answered before the stop is not told again"
     );
+    let held = app.get_json("/api/v1/offline").await;
+    assert_eq!(
+        held["instances"].as_array().map(Vec::len),
+        Some(1),
+        "the hold outlives the restart: {held}"
+    );
 }
