@@ -160,8 +160,7 @@ impl EurekaRegistry {
                         why,
                     }) => {
                         // It may have been indexable before; it is not any more.
-                        warn!(app = %key.app, id = %key.instance_id, "eureka: instance not indexed: {why}");
-                        mirror.unindexed.insert(key.clone(), status);
+                        keep_unindexed(&mut mirror.unindexed, key.clone(), status, &why);
                         changes.push(Change::Remove(key));
                     }
                     Err(Unindexable { key: None, why, .. }) => {
@@ -249,6 +248,18 @@ impl EurekaRegistry {
     }
 }
 
+/// Keeps the status of an instance the cache cannot hold (the hash code counts it) and says
+/// why it is not indexed.
+fn keep_unindexed(
+    unindexed: &mut HashMap<InstanceKey, Status>,
+    key: InstanceKey,
+    status: Status,
+    why: &model::Unusable,
+) {
+    warn!(app = %key.app, id = %key.instance_id, "eureka: instance not indexed: {why}");
+    unindexed.insert(key, status);
+}
+
 /// Every instance of a full registry: the indexable ones, and the status of the others.
 fn index(apps: Applications) -> (Vec<Instance>, HashMap<InstanceKey, Status>) {
     let mut instances = Vec::new();
@@ -261,10 +272,7 @@ fn index(apps: Applications) -> (Vec<Instance>, HashMap<InstanceKey, Status>) {
                     key: Some(key),
                     status,
                     why,
-                }) => {
-                    warn!(app = %key.app, id = %key.instance_id, "eureka: instance not indexed: {why}");
-                    unindexed.insert(key, status);
-                }
+                }) => keep_unindexed(&mut unindexed, key, status, &why),
                 Err(Unindexable { key: None, why, .. }) => {
                     warn!(app = %app.name, "eureka: instance skipped: {why}");
                 }
