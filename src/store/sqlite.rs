@@ -177,8 +177,9 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let body = encode_operation(operation)?;
         let id = operation.id.to_string();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        // One statement: the operation's instances follow from its body (migration 0003), so
+        // without a key the insert needs no transaction of its own.
+        let insert = sqlx::query(
             "INSERT INTO operations (id, action, state, ip, app, created_at, updated_at, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
@@ -189,37 +190,26 @@ impl Store for SqliteStore {
         .bind(operation.target.app.as_ref().map(AppName::as_str))
         .bind(millis::format(&operation.created_at))
         .bind(millis::format(&Utc::now()))
-        .bind(&body)
+        .bind(&body);
+        let Some(key) = key else {
+            insert.execute(&self.pool).await?;
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await?;
+        insert.execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (principal, key, fingerprint, operation_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (principal, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                 operation_id = excluded.operation_id, created_at = excluded.created_at",
+        )
+        .bind(&key.principal)
+        .bind(&key.key)
+        .bind(&key.fingerprint)
+        .bind(&id)
+        .bind(millis::format(&operation.created_at))
         .execute(&mut *tx)
         .await?;
-        for instance in &operation.instances {
-            sqlx::query(
-                "INSERT INTO operation_instances (operation_id, app, instance_id, ip, port)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(&id)
-            .bind(instance.app.as_str())
-            .bind(&instance.instance_id)
-            .bind(instance.ip.to_string())
-            .bind(i64::from(instance.port))
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(key) = key {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (principal, key, fingerprint, operation_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (principal, key) DO UPDATE SET fingerprint = excluded.fingerprint,
-                     operation_id = excluded.operation_id, created_at = excluded.created_at",
-            )
-            .bind(&key.principal)
-            .bind(&key.key)
-            .bind(&key.fingerprint)
-            .bind(&id)
-            .bind(millis::format(&operation.created_at))
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
         Ok(())
     }

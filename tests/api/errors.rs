@@ -244,6 +244,17 @@ async fn the_operation_list_filters_and_rejects_bad_filters() {
     assert_eq!(list("?ip=10.0.0.5").await.len(), 2);
     assert_eq!(list("?app=billing").await.len(), 1);
     assert_eq!(list("?state=succeeded&limit=1").await.len(), 1);
+    // A batch is found by each instance it touched, not only by its first target.
+    let batch = app
+        .post_json(
+            "/api/v1/operations",
+            &serde_json::json!({"action": "online", "wait": true,
+                "targets": [{"ip": "10.0.0.5"}, {"ip": "10.0.0.7"}]}),
+        )
+        .await;
+    assert_eq!(batch.status(), 200);
+    assert_eq!(list("?ip=10.0.0.7").await.len(), 2);
+    assert_eq!(list("?app=billing").await.len(), 2);
     for bad in [
         "?limit=0",
         "?limit=100000",
