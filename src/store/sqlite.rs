@@ -48,6 +48,10 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // The default pings every connection before handing it out: one more round trip
+            // to the connection's thread on every query, for a database in this process
+            // whose connections cannot go stale the way a server's can.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
