@@ -611,20 +611,19 @@ impl Orchestrator {
             let _permit = permit;
             let _lane = lane;
             let journal = async {
-                let desired = lock(&unjournaled).clone();
-                if let Some(desired) = desired {
-                    let operation = sender.borrow().clone();
-                    // The registry has changed: the gateways are told whatever the store
-                    // says, so a store failure is logged, not returned.
-                    match store.record_registry_step(&operation, &desired).await {
-                        Ok(()) => *lock(&unjournaled) = None,
-                        Err(e) => {
-                            error!(operation = %operation.id, "cannot journal the registry step: {e}")
-                        }
-                    }
-                    // For the record only; the settle journals what it finds.
-                    read_back(registry.as_ref(), &instances, status, &sender).await;
+                if lock(&unjournaled).is_none() {
+                    // Resumed after its registry step was journaled: nothing new to record.
+                    return;
                 }
+                let operation = sender.borrow().clone();
+                // The registry has changed: the gateways are told whatever the store says,
+                // so a store failure is logged, not returned.
+                if let Err(e) = journal_as_it_stands(store.as_ref(), &operation, &unjournaled).await
+                {
+                    error!(operation = %operation.id, "cannot journal the registry step: {e}");
+                }
+                // For the record only; the settle journals what it finds.
+                read_back(registry.as_ref(), &instances, status, &sender).await;
             };
             let answers = record_answers(deliveries, &sender, &metrics);
             // The settle below is written after the registry step's record, never before.
@@ -635,12 +634,7 @@ impl Orchestrator {
             let mut settled = sender.borrow().clone();
             settled.settle(Utc::now());
             // A registry step whose own journal failed gets a second chance with the settle.
-            let desired = lock(&unjournaled).clone();
-            let written = match &desired {
-                Some(desired) => store.record_registry_step(&settled, desired).await,
-                None => store.update_operation(&settled).await,
-            };
-            if let Err(e) = written {
+            if let Err(e) = journal_as_it_stands(store.as_ref(), &settled, &unjournaled).await {
                 error!(operation = %settled.id, "cannot record the settled operation: {e}");
             }
             record_settled(&metrics, &settled);
@@ -663,21 +657,18 @@ impl Orchestrator {
             );
             // The next start resumes from here and tells only the nodes that had not
             // answered yet.
-            let snapshots: Vec<(Operation, Option<DesiredState>)> = lock(&self.live)
+            let snapshots: Vec<(Operation, Arc<Mutex<Option<DesiredState>>>)> = lock(&self.live)
                 .values()
                 .map(|live| {
                     (
                         live.progress.borrow().clone(),
-                        lock(&live.unjournaled).clone(),
+                        Arc::clone(&live.unjournaled),
                     )
                 })
                 .collect();
-            for (operation, desired) in snapshots {
-                let written = match &desired {
-                    Some(desired) => self.store.record_registry_step(&operation, desired).await,
-                    None => self.store.update_operation(&operation).await,
-                };
-                if let Err(e) = written {
+            for (operation, unjournaled) in snapshots {
+                let written = journal_as_it_stands(self.store.as_ref(), &operation, &unjournaled);
+                if let Err(e) = written.await {
                     error!(operation = %operation.id, "cannot journal the unfinished operation: {e}");
                 }
             }
@@ -790,6 +781,24 @@ fn notifications(
             (app, Arc::new(notification))
         })
         .collect()
+}
+
+/// Journals `operation` as it stands, with the desired state of its registry step while the
+/// journal does not have that yet (then it does).
+async fn journal_as_it_stands(
+    store: &dyn Store,
+    operation: &Operation,
+    unjournaled: &Mutex<Option<DesiredState>>,
+) -> Result<(), StoreError> {
+    let desired = lock(unjournaled).clone();
+    match desired {
+        Some(desired) => {
+            store.record_registry_step(operation, &desired).await?;
+            *lock(unjournaled) = None;
+            Ok(())
+        }
+        None => store.update_operation(operation).await,
+    }
 }
 
 /// Reads back what the registry shows for each instance written (`status`, on `instances`
