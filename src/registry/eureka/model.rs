@@ -185,10 +185,6 @@ pub enum Unusable {
 }
 
 impl InstanceInfo {
-    pub fn id(&self) -> Option<&str> {
-        self.id.as_deref()
-    }
-
     pub fn status(&self) -> Status {
         self.status
     }
@@ -416,7 +412,8 @@ mod tests {
           "dataCenterInfo":{"@class":"com.netflix.appinfo.AmazonInfo","name":"Amazon",
             "metadata":{"instance-id":"i-0abc"}}}}"#;
         let info: InstanceEnvelope = serde_json::from_str(body).unwrap();
-        assert_eq!(info.instance.id(), Some("i-0abc"));
+        let instance = info.instance.into_instance("A").unwrap();
+        assert_eq!(&*instance.instance_id, "i-0abc");
     }
 
     #[test]
