@@ -11,6 +11,7 @@ mod plan;
 pub mod reassert;
 pub mod reconcile;
 mod resume;
+mod settling;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use tracing::{Instrument, error, info, warn};
 use index::{HoldIndex, LastOperationIndex};
 use lanes::{LaneGuard, Lanes};
 pub use plan::{Plan, describe};
+use settling::Settling;
 
 use crate::config::DrainSettings;
 use crate::domain::{
@@ -153,6 +155,8 @@ pub struct Orchestrator {
     lanes: Lanes,
     /// Idempotency keys whose first request is still running.
     claimed_keys: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Settles answered from memory that the journal does not have yet.
+    settling: Arc<Settling>,
 }
 
 /// Dependencies of the orchestrator, built by `startup`.
@@ -186,6 +190,7 @@ impl Orchestrator {
             last_operations,
             lanes: Lanes::default(),
             claimed_keys: Mutex::default(),
+            settling: Arc::default(),
         })
     }
 
@@ -230,6 +235,16 @@ impl Orchestrator {
             Some(operation) => Ok(Some(operation)),
             None => self.store.operation(id).await,
         }
+    }
+
+    /// Journaled operations matching `filter`, newest first. Every operation a caller was
+    /// already told has settled is listed as settled.
+    pub async fn operations(
+        &self,
+        filter: &crate::store::OperationFilter,
+    ) -> Result<Vec<Operation>, StoreError> {
+        self.settling.journal_caught_up().await;
+        self.store.operations(filter).await
     }
 
     /// Runs one request through plan, journal, registry and fan-out.
@@ -605,6 +620,7 @@ impl Orchestrator {
         let registry = Arc::clone(&self.registry);
         let metrics = Arc::clone(&self.metrics);
         let live = Arc::clone(&self.live);
+        let settling = Arc::clone(&self.settling);
         let task = async move {
             // Held until the operation settles: `drain.max_in_flight` counts whole operations,
             // and the next operation on these IPs starts after this one's last answer.
@@ -628,18 +644,20 @@ impl Orchestrator {
             let answers = record_answers(deliveries, &sender, &metrics);
             // The settle below is written after the registry step's record, never before.
             tokio::join!(journal, answers);
-            // Journaled and counted before anyone sees it settle: a caller answered
-            // "succeeded" can rely on the audit trail (list queries read the store) and the
-            // metrics.
             let mut settled = sender.borrow().clone();
             settled.settle(Utc::now());
+            // Counted before anyone sees it settle; journaled right after the waiters are
+            // answered, and the operation stays live (readable from memory) until then. List
+            // queries, which read the journal, wait for it (`settling`).
+            record_settled(&metrics, &settled);
+            settling.answered(&settled.id);
+            sender.send_replace(settled.clone());
             // A registry step whose own journal failed gets a second chance with the settle.
             if let Err(e) = journal_as_it_stands(store.as_ref(), &settled, &unjournaled).await {
                 error!(operation = %settled.id, "cannot record the settled operation: {e}");
             }
-            record_settled(&metrics, &settled);
             lock(&live).remove(&settled.id);
-            sender.send_replace(settled);
+            settling.journaled(&settled.id);
         }
         .instrument(span);
         self.tasks.spawn(task);

@@ -106,7 +106,7 @@ pub async fn list_operations(
             }
         },
     };
-    let operations = state.orchestrator.store().operations(&filter).await?;
+    let operations = state.orchestrator.operations(&filter).await?;
     Ok(ok(OperationList { operations }))
 }
 

@@ -305,6 +305,16 @@ impl TestApp {
         Self::spawn_in(self.config.clone(), Arc::clone(&self.dir), true).await
     }
 
+    /// A connection of the test's own to the app's SQLite store.
+    pub async fn store_connection(&self) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.dir.path().join("synchspeed.db"));
+        sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -28,6 +28,73 @@ async fn operations_and_holds_survive_a_restart() {
     assert_eq!(list["operations"].as_array().unwrap().len(), 1);
 }
 
+/// A waiting caller is answered as soon as the last node answers; the settled record reaches
+/// the journal right after. The operation list reads the journal, so it waits for that write:
+/// a caller told "succeeded" must find the operation among the succeeded ones.
+#[tokio::test]
+async fn a_caller_told_an_operation_settled_finds_it_listed_as_settled() {
+    let node = GatewayNode::start(Behaviour::Gated).await;
+    let eureka = EurekaDouble::with_order_service().await;
+    let app = TestApp::spawn(
+        TestConfig::eureka(&[eureka.url()])
+            .route("ORDER-SERVICE", &["EDGE"])
+            .nodes("EDGE", vec![node.address()]),
+    )
+    .await;
+    let offline = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/api/v1/instances/10.0.0.5/offline?wait=true");
+        async move { client.post(url).send().await.unwrap() }
+    });
+    // The registry step is journaled while the node is told. Once its hold is in, the test
+    // takes the journal's write lock, so the settle cannot be journaled until it lets go.
+    let mut journal = app.store_connection().await;
+    loop {
+        let holds: i64 = sqlx::query_scalar("SELECT count(*) FROM holds")
+            .fetch_one(&mut journal)
+            .await
+            .unwrap();
+        if holds == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut journal)
+        .await
+        .unwrap();
+    node.open_gate();
+    let answered: Value = offline.await.unwrap().json().await.unwrap();
+    assert_eq!(answered["state"], "succeeded", "{answered}");
+
+    let listed = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/api/v1/operations?state=succeeded");
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    });
+    // Let the list request reach the service while the settle still waits for the lock.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut journal).await.unwrap();
+    let listed = listed.await.unwrap();
+    let ids: Vec<&str> = listed["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|operation| operation["id"].as_str())
+        .collect();
+    assert_eq!(ids, [answered["id"].as_str().unwrap()], "{listed}");
+    assert_eq!(app.operation(ids[0]).await["state"], "succeeded");
+}
+
 #[tokio::test]
 async fn an_operation_left_in_progress_is_resumed_on_the_next_start() {
     let hanging = GatewayNode::start(Behaviour::Hang).await;

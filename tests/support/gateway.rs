@@ -24,6 +24,8 @@ pub enum Behaviour {
     Hang,
     /// Record the notification on arrival, acknowledge this many milliseconds later.
     Slow(u64),
+    /// Record the notification on arrival, acknowledge once the test opens the gate.
+    Gated,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct Received {
 
 struct Inner {
     behaviour: Behaviour,
+    /// Opened by `open_gate`, for `Behaviour::Gated`.
+    gate: tokio::sync::watch::Sender<bool>,
     received: Vec<Received>,
     attempts: u32,
 }
@@ -56,6 +60,7 @@ impl GatewayNode {
         let node = Self {
             inner: Arc::new(Mutex::new(Inner {
                 behaviour,
+                gate: tokio::sync::watch::Sender::new(false),
                 received: Vec::new(),
                 attempts: 0,
             })),
@@ -89,6 +94,16 @@ impl GatewayNode {
         self.inner.lock().unwrap().received.clone()
     }
 
+    /// Forgets what it received so far (attempts are still counted).
+    pub fn forget_received(&self) {
+        self.inner.lock().unwrap().received = Vec::new();
+    }
+
+    /// Lets every notification held by `Behaviour::Gated` be acknowledged, now and later.
+    pub fn open_gate(&self) {
+        self.inner.lock().unwrap().gate.send_replace(true);
+    }
+
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         self.inner.lock().unwrap().behaviour = behaviour;
     }
@@ -113,7 +128,7 @@ async fn notify(State(node): State<GatewayNode>, headers: HeaderMap, raw: Bytes)
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return StatusCode::OK;
         }
-        Behaviour::Ack | Behaviour::FailTimes(..) | Behaviour::Slow(_) => {}
+        Behaviour::Ack | Behaviour::FailTimes(..) | Behaviour::Slow(_) | Behaviour::Gated => {}
     }
     let header = |name: &str| {
         headers
@@ -131,8 +146,14 @@ async fn notify(State(node): State<GatewayNode>, headers: HeaderMap, raw: Bytes)
         raw,
         body,
     });
-    if let Behaviour::Slow(millis) = behaviour {
-        tokio::time::sleep(Duration::from_millis(millis)).await;
+    match behaviour {
+        Behaviour::Slow(millis) => tokio::time::sleep(Duration::from_millis(millis)).await,
+        Behaviour::Gated => {
+            let mut gate = node.inner.lock().unwrap().gate.subscribe();
+            // The sender lives in the node, which this handler holds.
+            let _ = gate.wait_for(|open| *open).await;
+        }
+        _ => {}
     }
     StatusCode::NO_CONTENT
 }
