@@ -43,9 +43,9 @@ pub struct Application {
     grace: Duration,
 }
 
-/// The one outbound HTTP client: keep-alive pools shared by registry calls and notifications.
-/// Redirects are not followed: Eureka's 307 means "try another peer", and a gateway that
-/// redirects a notification has not acknowledged it.
+/// The registries' HTTP client: keep-alive pools shared by every registry call (notifications
+/// have their own, `gateway::webhook`). Redirects are not followed: Eureka's 307 means "try
+/// another peer".
 fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -81,7 +81,7 @@ impl Application {
                     .context("loading the file registry")?,
             ),
         };
-        let notifier = notifier(&settings.gateway, &http);
+        let notifier = notifier(&settings.gateway);
         let orchestrator = Arc::new(
             Orchestrator::open(Parts {
                 registry: Arc::clone(&registry),
@@ -265,8 +265,8 @@ impl StopSignals {
 
 /// The notifier of every group: `gateway.notifier`, except the groups listed in
 /// `gateway.group_notifiers`. Both kinds are cheap to build and hold no connection.
-fn notifier(settings: &GatewaySettings, http: &reqwest::Client) -> Arc<dyn Notifier> {
-    let webhook: Arc<dyn Notifier> = Arc::new(WebhookNotifier::new(settings, http.clone()));
+fn notifier(settings: &GatewaySettings) -> Arc<dyn Notifier> {
+    let webhook: Arc<dyn Notifier> = Arc::new(WebhookNotifier::new(settings));
     let haproxy: Arc<dyn Notifier> = Arc::new(HaproxyNotifier::new(settings));
     let of_kind = |kind: NotifierKind| match kind {
         NotifierKind::Webhook => Arc::clone(&webhook),

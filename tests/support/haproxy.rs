@@ -131,8 +131,18 @@ impl Haproxy {
     pub fn server(&self, backend: &str, server: &str) -> (u32, u32) {
         let answer = self.command(&format!("show servers state {backend}"));
         let mut lines = answer.lines().skip(1);
-        let header: Vec<&str> = lines.next().unwrap()[2..].split(' ').collect();
-        let at = |name: &str| header.iter().position(|c| *c == name).unwrap();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|line| line.strip_prefix("# "))
+            .unwrap_or_else(|| panic!("no header in {answer:?}"))
+            .split(' ')
+            .collect();
+        let at = |name: &str| {
+            header
+                .iter()
+                .position(|c| *c == name)
+                .unwrap_or_else(|| panic!("no column {name} in {answer:?}"))
+        };
         let row: Vec<&str> = lines
             .map(|line| line.split(' ').collect::<Vec<_>>())
             .find(|fields| fields.len() == header.len() && fields[at("srv_name")] == server)
