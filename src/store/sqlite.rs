@@ -16,9 +16,16 @@ use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, Operatio
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// One connection writes, a few read. SQLite lets one writer at a time in: with several
+/// writing connections, a commit that finds another one's lock sleeps in SQLite's busy
+/// handler (a millisecond at first, more after) where queueing for the one writer costs the
+/// other commit's duration; and the one writer's page cache stays valid between its commits
+/// instead of being read again after every other connection's write. Readers never wait for
+/// the writer (WAL).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    writer: SqlitePool,
+    readers: SqlitePool,
 }
 
 impl SqliteStore {
@@ -46,16 +53,21 @@ impl SqliteStore {
                 ))
             })?;
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // The default pings every connection before handing it out: one more round trip
-            // to the connection's thread on every query, for a database in this process
-            // whose connections cannot go stale the way a server's can.
+        // The default pings every connection before handing it out: one more round trip to
+        // the connection's thread on every query, for a database in this process whose
+        // connections cannot go stale the way a server's can.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(3)
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { writer, readers })
     }
 
     /// Copies the write-ahead log into the database every `every` until `shutdown`, without
@@ -72,8 +84,9 @@ impl SqliteStore {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
+            // From a reader: a checkpoint (which fsyncs) on the writer would hold commits up.
             if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&self.pool)
+                .execute(&self.readers)
                 .await
             {
                 tracing::warn!("store checkpoint failed: {e}");
@@ -82,13 +95,14 @@ impl SqliteStore {
     }
 
     pub async fn close(&self) {
+        self.readers.close().await;
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
         {
             tracing::warn!("final store checkpoint failed: {e}");
         }
-        self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
@@ -170,7 +184,7 @@ async fn delete_holds(
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
         Ok(())
     }
 
@@ -196,10 +210,10 @@ impl Store for SqliteStore {
         .bind(millis::format(&Utc::now()))
         .bind(&body);
         let Some(key) = key else {
-            insert.execute(&self.pool).await?;
+            insert.execute(&self.writer).await?;
             return Ok(());
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         insert.execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO idempotency_keys (principal, key, fingerprint, operation_id, created_at)
@@ -231,7 +245,7 @@ impl Store for SqliteStore {
         .bind(principal)
         .bind(key)
         .bind(millis::format(&since))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         row.map(|row| {
             let id: String = row.get("operation_id");
@@ -249,21 +263,21 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
             .bind(millis::format(&before))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }
 
     async fn update_operation(&self, operation: &Operation) -> Result<(), StoreError> {
         let body = encode_operation(operation)?;
-        let mut connection = self.pool.acquire().await?;
+        let mut connection = self.writer.acquire().await?;
         write_operation(&mut connection, operation, body).await
     }
 
     async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         let row = sqlx::query("SELECT body FROM operations WHERE id = ?1")
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?;
         row.map(|row| decode_operation(row.get("body"))).transpose()
     }
@@ -285,7 +299,7 @@ impl Store for SqliteStore {
         .bind(filter.ip.map(|ip| ip.to_string()))
         .bind(filter.app.as_ref().map(AppName::as_str))
         .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter()
             .map(|row| decode_operation(row.get("body")))
@@ -300,7 +314,7 @@ impl Store for SqliteStore {
                  SELECT ip, operation_id AS id FROM operation_instances)
              GROUP BY ip",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -319,7 +333,7 @@ impl Store for SqliteStore {
     async fn unfinished_operations(&self) -> Result<Vec<Operation>, StoreError> {
         let rows =
             sqlx::query("SELECT body FROM operations WHERE state = 'in_progress' ORDER BY id")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await?;
         rows.iter()
             .map(|row| decode_operation(row.get("body")))
@@ -332,7 +346,7 @@ impl Store for SqliteStore {
         desired: &DesiredState,
     ) -> Result<(), StoreError> {
         let body = encode_operation(operation)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         match desired {
             DesiredState::Hold(holds) => upsert_holds(&mut tx, holds).await?,
             DesiredState::Release(keys) => delete_holds(&mut tx, keys).await?,
@@ -343,7 +357,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_holds(&self, keys: &[InstanceKey]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         delete_holds(&mut tx, keys).await?;
         tx.commit().await?;
         Ok(())
@@ -354,7 +368,7 @@ impl Store for SqliteStore {
             "SELECT app, instance_id, ip, port, registered_at, operation_id, since
              FROM holds ORDER BY since, app, instance_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -385,7 +399,7 @@ impl Store for SqliteStore {
 
     async fn file_statuses(&self) -> Result<HashMap<InstanceKey, Status>, StoreError> {
         let rows = sqlx::query("SELECT app, instance_id, status FROM file_registry_status")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         rows.into_iter()
             .map(|row| {
@@ -407,7 +421,7 @@ impl Store for SqliteStore {
         .bind(&key.instance_id)
         .bind(status.as_str())
         .bind(millis::format(&Utc::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
