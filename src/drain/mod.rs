@@ -45,6 +45,11 @@ use crate::telemetry::{Metrics, NotificationLabels, OperationLabels};
 /// Registry writes one operation keeps in flight at once.
 const REGISTRY_WRITES_IN_FLIGHT: usize = 32;
 
+/// How long a fan-out runs before its registry step is journaled on its own rather than with
+/// the settle. Until then a crash leaves the operation journaled as planned, and the next
+/// start redoes its registry step (idempotent) and tells every node, as at-least-once allows.
+const JOURNAL_REGISTRY_STEP_AFTER: Duration = Duration::from_millis(100);
+
 /// One offline or online request, parsed.
 #[derive(Debug, Clone)]
 pub struct DrainRequest {
@@ -569,9 +574,10 @@ impl Orchestrator {
     }
 
     /// Starts the background fan-out and returns a view of its progress. `desired`: the
-    /// registry step just took and is journaled while the nodes are told, not before: a
-    /// crash before that journal redoes the (idempotent) registry step and tells every node,
-    /// which the at-least-once contract allows, and the caller waits for one write less.
+    /// registry step just took and is journaled with the settle, or on its own once the
+    /// fan-out has run `JOURNAL_REGISTRY_STEP_AFTER`, not before the nodes are told: a crash
+    /// before that journal redoes the (idempotent) registry step and tells every node, which
+    /// the at-least-once contract allows, and the caller waits for no write of it.
     fn start_fanout(
         &self,
         operation: Operation,
@@ -626,24 +632,41 @@ impl Orchestrator {
             // and the next operation on these IPs starts after this one's last answer.
             let _permit = permit;
             let _lane = lane;
-            let journal = async {
-                if lock(&unjournaled).is_none() {
-                    // Resumed after its registry step was journaled: nothing new to record.
-                    return;
+            // A resumed operation whose registry step was journaled has nothing new to record
+            // nor to read back.
+            let registry_step_taken = lock(&unjournaled).is_some();
+            let read_back = async {
+                if registry_step_taken {
+                    // For the record only; the settle journals what it finds.
+                    read_back(registry.as_ref(), &instances, status, &sender).await;
                 }
-                let operation = sender.borrow().clone();
-                // The registry has changed: the gateways are told whatever the store says,
-                // so a store failure is logged, not returned.
-                if let Err(e) = journal_as_it_stands(store.as_ref(), &operation, &unjournaled).await
-                {
-                    error!(operation = %operation.id, "cannot journal the registry step: {e}");
-                }
-                // For the record only; the settle journals what it finds.
-                read_back(registry.as_ref(), &instances, status, &sender).await;
             };
             let answers = record_answers(deliveries, &sender, &metrics);
-            // The settle below is written after the registry step's record, never before.
-            tokio::join!(journal, answers);
+            let fan_out = async {
+                tokio::join!(answers, read_back);
+            };
+            futures::pin_mut!(fan_out);
+            // The registry step's record (its holds) goes into the settle's transaction when
+            // the fan-out ends soon, as it does with nodes that answer: one commit instead of
+            // two. A fan-out still running then has it journaled at that point, while the
+            // remaining nodes are told.
+            let still_running = tokio::select! {
+                () = &mut fan_out => false,
+                () = tokio::time::sleep(JOURNAL_REGISTRY_STEP_AFTER), if registry_step_taken => true,
+            };
+            if still_running {
+                let journal = async {
+                    let operation = sender.borrow().clone();
+                    // The registry has changed: the gateways are told whatever the store
+                    // says, so a store failure is logged, not returned.
+                    let written = journal_as_it_stands(store.as_ref(), &operation, &unjournaled);
+                    if let Err(e) = written.await {
+                        error!(operation = %operation.id, "cannot journal the registry step: {e}");
+                    }
+                };
+                // The settle below is written after the registry step's record, never before.
+                tokio::join!(journal, fan_out);
+            }
             let mut settled = sender.borrow().clone();
             settled.settle(Utc::now());
             // Counted before anyone sees it settle; journaled right after the waiters are
