@@ -30,6 +30,7 @@ use crate::registry::eureka::error_chain;
 
 pub const EVENT_HEADER: &str = "x-synchspeed-event";
 pub const SIGNATURE_HEADER: &str = "x-synchspeed-signature";
+const USER_AGENT_VALUE: &str = concat!("synchspeed/", env!("CARGO_PKG_VERSION"));
 
 /// How much of a refusal's body is read: its start goes into the node's error.
 const ERROR_BODY_LIMIT: usize = 4096;
@@ -157,8 +158,6 @@ impl WebhookNotifier {
         })
     }
 }
-
-const USER_AGENT_VALUE: &str = concat!("synchspeed/", env!("CARGO_PKG_VERSION"));
 
 #[async_trait]
 impl Notifier for WebhookNotifier {

@@ -49,6 +49,7 @@ async fn a_caller_told_an_operation_settled_finds_it_listed_as_settled() {
     // The registry step is journaled while the node is told. Once its hold is in, the test
     // takes the journal's write lock, so the settle cannot be journaled until it lets go.
     let mut journal = app.store_connection().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let holds: i64 = sqlx::query_scalar("SELECT count(*) FROM holds")
             .fetch_one(&mut journal)
@@ -57,6 +58,10 @@ async fn a_caller_told_an_operation_settled_finds_it_listed_as_settled() {
         if holds == 1 {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry step of a fan-out still running was never journaled"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     sqlx::query("BEGIN IMMEDIATE")
