@@ -635,7 +635,7 @@ impl Orchestrator {
             // A resumed operation whose registry step was journaled has nothing new to record
             // nor to read back.
             let registry_step_taken = lock(&unjournaled).is_some();
-            let read_back = async {
+            let reading_back = async {
                 if registry_step_taken {
                     // For the record only; the settle journals what it finds.
                     read_back(registry.as_ref(), &instances, status, &sender).await;
@@ -643,7 +643,7 @@ impl Orchestrator {
             };
             let answers = record_answers(deliveries, &sender, &metrics);
             let fan_out = async {
-                tokio::join!(answers, read_back);
+                tokio::join!(answers, reading_back);
             };
             futures::pin_mut!(fan_out);
             // The registry step's record (its holds) goes into the settle's transaction when

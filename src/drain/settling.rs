@@ -79,7 +79,10 @@ mod tests {
         let later = OperationId::generate();
         settling.answered(&later);
         settling.journaled(&first);
-        reader.await;
+        assert!(
+            futures::poll!(&mut reader).is_ready(),
+            "the reader does not wait for the later settle"
+        );
         assert!(
             futures::poll!(Box::pin(settling.journal_caught_up())).is_pending(),
             "a reader coming now waits for the later settle"
