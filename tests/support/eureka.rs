@@ -18,7 +18,7 @@
 //! * `GET apps/{APP}/{id}` reads the registry directly (never cached).
 
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -115,7 +115,7 @@ struct Inner {
     apps: BTreeMap<String, BTreeMap<String, Instance>>,
     overrides: HashMap<String, String>,
     /// The recently-changed queue, with when each change was made.
-    delta: Vec<(std::time::Instant, Instance)>,
+    delta: VecDeque<(std::time::Instant, Instance)>,
     version: u64,
     clock: i64,
     read_cache: Option<Value>,
@@ -144,7 +144,10 @@ impl Inner {
             // `getApplicationDeltas` adds each queued change to its app with `addInstance`,
             // which keys instances by id: an instance changed twice appears once, as it is
             // now.
-            let mut by_app: BTreeMap<&str, BTreeMap<&str, Value>> = BTreeMap::new();
+            // Each instance is encoded once, however often it changed in the queue: the
+            // benchmarks flip a few instances thousands of times within the retention, and
+            // encoding every entry under the lock made status writes wait for milliseconds.
+            let mut by_app: BTreeMap<&str, BTreeMap<&str, &Instance>> = BTreeMap::new();
             for (_, instance) in &self.delta {
                 let current = self
                     .apps
@@ -155,12 +158,14 @@ impl Inner {
                 by_app
                     .entry(&instance.app)
                     .or_default()
-                    .insert(&instance.id, current.to_json());
+                    .insert(&instance.id, current);
             }
             by_app
                 .into_iter()
                 .map(|(name, instances)| {
-                    json!({"name": name, "instance": instances.into_values().collect::<Vec<_>>()})
+                    let instances: Vec<Value> =
+                        instances.into_values().map(Instance::to_json).collect();
+                    json!({"name": name, "instance": instances})
                 })
                 .collect()
         } else {
@@ -194,10 +199,16 @@ impl Inner {
     fn changed(&mut self, instance: Instance) {
         self.version += 1;
         // `retentionTimeInMSInDeltaQueue`: changes stay in the delta for 3 minutes.
+        // Queued in time order, so the expired changes are at the front.
         let now = std::time::Instant::now();
-        self.delta
-            .retain(|(at, _)| now.duration_since(*at) < std::time::Duration::from_secs(180));
-        self.delta.push((now, instance));
+        while self
+            .delta
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= std::time::Duration::from_secs(180))
+        {
+            self.delta.pop_front();
+        }
+        self.delta.push_back((now, instance));
     }
 }
 
@@ -328,7 +339,7 @@ impl EurekaDouble {
     /// drifted must notice through the hash code).
     pub fn register_silently(&self, app: &str, id: &str, ip: &str, port: u16) {
         self.register(app, id, ip, port, "UP");
-        self.lock().delta.pop();
+        self.lock().delta.pop_back();
     }
 
     /// Makes `GET apps/{APP}/{id}` wait until [`Self::release_instance_reads`].
