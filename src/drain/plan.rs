@@ -88,12 +88,12 @@ pub async fn resolve_deliveries(
     let mut deliveries = BTreeSet::new();
     for app in apps {
         for group in groups.groups_for(app).await.map_err(DrainError::Groups)? {
-            for node in nodes
+            let nodes = nodes
                 .nodes_of(&group)
                 .await
-                .map_err(DrainError::registry_unavailable)?
-            {
-                deliveries.insert((node, app.clone()));
+                .map_err(DrainError::registry_unavailable)?;
+            for node in nodes.iter() {
+                deliveries.insert((node.clone(), app.clone()));
             }
         }
     }

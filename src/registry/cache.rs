@@ -63,6 +63,11 @@ struct Indexed {
     /// The ids of each app; the map's key is the one copy of the app's name every instance
     /// of it shares.
     by_app: HashMap<AppName, BTreeSet<Arc<str>>>,
+    /// Per app, a number that changes whenever one of its instances does (never reused, kept
+    /// after the app is gone): what was derived from an app's instances, such as a gateway
+    /// group's nodes, holds until it moves.
+    versions: HashMap<AppName, u64>,
+    last_version: u64,
     loaded: bool,
 }
 
@@ -85,7 +90,18 @@ impl Indexed {
             .insert(key.instance_id.clone());
         // `remove` above took any old entry out, so the key is not there twice.
         self.by_ip.entry(record.ip).or_default().push(key.clone());
+        self.changed(&key.app);
         self.by_key.insert(key, record);
+    }
+
+    fn changed(&mut self, app: &AppName) {
+        self.last_version += 1;
+        match self.versions.get_mut(app) {
+            Some(version) => *version = self.last_version,
+            None => {
+                self.versions.insert(app.clone(), self.last_version);
+            }
+        }
     }
 
     fn remove(&mut self, key: &InstanceKey) -> Option<Record> {
@@ -102,6 +118,7 @@ impl Indexed {
                 self.by_app.remove(&key.app);
             }
         }
+        self.changed(&key.app);
         Some(old)
     }
 
@@ -184,9 +201,18 @@ impl InstanceCache {
 
     /// Records a status synchspeed just wrote, so reads reflect it before the next refresh.
     pub fn set_status(&self, key: &InstanceKey, status: Status) {
-        if let Some(record) = self.write().by_key.get_mut(key) {
+        let mut indexed = self.write();
+        if let Some(record) = indexed.by_key.get_mut(key)
+            && record.status != status
+        {
             record.status = status;
+            indexed.changed(&key.app);
         }
+    }
+
+    /// Changes whenever an instance of `app` does: added, removed, or changed in any way.
+    pub fn app_version(&self, app: &AppName) -> u64 {
+        self.read().versions.get(app).copied().unwrap_or(0)
     }
 
     pub fn on_ip(&self, ip: IpAddr) -> Vec<Instance> {
@@ -249,6 +275,53 @@ mod tests {
             registered_at: None,
             metadata: Default::default(),
         }
+    }
+
+    #[test]
+    fn an_app_version_moves_with_its_own_instances_only() {
+        let cache = InstanceCache::default();
+        let (a, b) = (AppName::parse("A").unwrap(), AppName::parse("B").unwrap());
+        cache.replace_all([
+            instance("A", "a1", "10.0.0.1", 80),
+            instance("B", "b1", "10.0.0.2", 80),
+        ]);
+        let mut seen = vec![cache.app_version(&a)];
+        let mut moved = |cache: &InstanceCache| {
+            let now = cache.app_version(&a);
+            let moved = !seen.contains(&now);
+            seen.push(now);
+            moved
+        };
+
+        // What the registry repeats unchanged, and changes to other apps, leave it.
+        cache.replace_all([
+            instance("A", "a1", "10.0.0.1", 80),
+            instance("B", "b1", "10.0.0.2", 80),
+        ]);
+        let b_before = cache.app_version(&b);
+        cache.apply(vec![Change::Upsert(instance("B", "b2", "10.0.0.3", 80))]);
+        assert_ne!(cache.app_version(&b), b_before);
+        cache.set_status(&instance("A", "a1", "10.0.0.1", 80).key(), Status::Up);
+        assert!(!moved(&cache));
+
+        // Every kind of change to its instances moves it, never back to an earlier value.
+        cache.set_status(
+            &instance("A", "a1", "10.0.0.1", 80).key(),
+            Status::OutOfService,
+        );
+        assert!(moved(&cache), "a status synchspeed wrote");
+        cache.apply(vec![Change::Upsert(instance("A", "a1", "10.0.0.9", 80))]);
+        assert!(moved(&cache), "a move");
+        cache.apply(vec![Change::Upsert(instance("A", "a2", "10.0.0.4", 80))]);
+        assert!(moved(&cache), "an instance added");
+        cache.apply(vec![Change::Remove(
+            instance("A", "a2", "10.0.0.4", 80).key(),
+        )]);
+        assert!(moved(&cache), "an instance removed");
+        cache.replace_all([instance("B", "b1", "10.0.0.2", 80)]);
+        assert!(moved(&cache), "the app gone in a full fetch");
+        cache.replace_all([instance("A", "a1", "10.0.0.9", 80)]);
+        assert!(moved(&cache), "the app back as it was");
     }
 
     #[test]

@@ -60,6 +60,14 @@ pub trait Registry: Send + Sync {
     /// The instances of one app (a gateway group's nodes), every status.
     async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError>;
 
+    /// A number that changes whenever [`Self::instances_of`] `app` would answer differently,
+    /// so what a caller derives from that answer can be kept until then. Read it before the
+    /// instances: a change between the two then only costs one more derivation. `None` where
+    /// the backend cannot tell.
+    fn app_version(&self, _app: &AppName) -> Option<u64> {
+        None
+    }
+
     /// Writes `status` (OUT_OF_SERVICE or UP) for `instance` to every authority. Ok when at
     /// least one authority accepted; the answers of the others are in the result. Never
     /// deregisters.

@@ -218,6 +218,66 @@ async fn online_removes_the_override_and_tells_the_nodes() {
     assert!(held["instances"].as_array().unwrap().is_empty());
 }
 
+/// The node addresses an offline of 10.0.0.5 would tell, as a dry run resolves them.
+async fn planned_nodes(app: &TestApp) -> Vec<String> {
+    let response = app
+        .post("/api/v1/instances/10.0.0.5/offline?dry_run=true")
+        .await;
+    let plan: Value = response.json().await.unwrap();
+    let mut nodes: Vec<String> = plan["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap().to_owned())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test]
+async fn a_gateway_group_follows_its_nodes_going_down_and_coming_up() {
+    let (a, b) = (
+        GatewayNode::start(Behaviour::Ack).await,
+        GatewayNode::start(Behaviour::Ack).await,
+    );
+    let fleet = fleet(&[&a, &b]).await;
+    let app = TestApp::spawn(config(&fleet.eureka)).await;
+    for action in ["offline", "online"] {
+        let path = format!("/api/v1/instances/10.0.0.5/{action}?wait=true");
+        assert_eq!(app.post(&path).await.status(), 200);
+    }
+
+    // b goes DOWN and c joins the group: the next operation's nodes follow the registry,
+    // whatever the operations before them resolved.
+    let c = GatewayNode::start(Behaviour::Ack).await;
+    let eureka = &fleet.eureka;
+    eureka.register("GATEWAY-PUBLIC", "gw-1", "127.0.0.1", b.port(), "DOWN");
+    eureka.register("GATEWAY-PUBLIC", "gw-c", "127.0.0.1", c.port(), "UP");
+    let mut expected = vec![a.address(), c.address()];
+    expected.sort();
+    eventually("the group's nodes are a and c", || async {
+        planned_nodes(&app).await == expected
+    })
+    .await;
+
+    let response = app
+        .post("/api/v1/instances/10.0.0.5/offline?wait=true")
+        .await;
+    assert_eq!(response.status(), 200);
+    let operation: Value = response.json().await.unwrap();
+    let mut told: Vec<&str> = operation["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    told.sort_unstable();
+    assert_eq!(told, expected);
+    assert_eq!(b.received().len(), 2, "the DOWN node hears nothing more");
+    assert_eq!(c.received().len(), 1);
+    assert!(fleet.down_node.received().is_empty());
+}
+
 #[tokio::test]
 async fn port_and_app_filters_pick_one_instance_of_several_on_an_ip() {
     let eureka = EurekaDouble::start().await;

@@ -323,6 +323,10 @@ impl Registry for EurekaRegistry {
         Ok(self.cache.of_app(app))
     }
 
+    fn app_version(&self, app: &AppName) -> Option<u64> {
+        Some(self.cache.app_version(app))
+    }
+
     async fn set_status(
         &self,
         instance: &Instance,
