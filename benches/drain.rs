@@ -1,6 +1,7 @@
 //! `cargo bench --bench drain`: how long an offline takes, side by side with the physical
 //! floor (one registry round trip, then every node concurrently on a warm pool) and with the
-//! sequential script it replaces; a mass drain; read throughput; memory.
+//! sequential script it replaces; where the service spends an operation's time (its own
+//! step histograms); a mass drain; read throughput; memory.
 //!
 //! The release binary runs as its own process on loopback, against the Eureka double and
 //! in-process gateway nodes that acknowledge at once (the same doubles the tests use). Prints
@@ -34,6 +35,9 @@ const MASS_NODES: usize = 20;
 const READ_SECONDS: u64 = 3;
 const READ_CLIENTS: usize = 32;
 const SEQUENTIAL_RUNS: usize = 10;
+/// The labels of `synchspeed_operation_step_duration_seconds`, in the order an operation
+/// goes through them.
+const STEPS: [&str; 5] = ["queued", "plan", "journal", "registry", "gateways"];
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -145,6 +149,40 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
+}
+
+/// Each step's total seconds and count so far, from the service's own histograms.
+async fn step_totals(service: &Service) -> Vec<(f64, f64)> {
+    let text = client()
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str, step: &str| -> f64 {
+        let prefix =
+            format!("synchspeed_operation_step_duration_seconds_{series}{{step=\"{step}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in /metrics"))
+            .parse()
+            .unwrap()
+    };
+    STEPS
+        .iter()
+        .map(|step| (value("sum", step), value("count", step)))
+        .collect()
+}
+
+/// The mean milliseconds per operation of each step between two readings.
+fn step_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((sum0, n0), (sum1, n1))| (sum1 - sum0) / (n1 - n0).max(1.0) * 1000.0)
+        .collect()
 }
 
 /// Offline with wait=true, timed to its 200; online (untimed) puts it back for the next one.
@@ -402,10 +440,13 @@ async fn run() {
     let rss_idle = service.rss_mb();
 
     let mut latency_ms = serde_json::Map::new();
+    let mut steps_ms = serde_json::Map::new();
     let mut rows = Vec::new();
     for count in NODE_COUNTS {
         let ip = format!("10.50.0.{count}");
+        let before = step_totals(&service).await;
         let (p50, p99) = latency(&service, &ip).await;
+        let steps = step_means(&before, &step_totals(&service).await);
         // The nodes keep every body they acknowledge; forgotten between runs, so no run pays
         // for the bench's own memory growing from the runs before it.
         nodes.iter().for_each(GatewayNode::forget_received);
@@ -413,7 +454,15 @@ async fn run() {
             format!("nodes_{count}"),
             json!({"p50": round(p50), "p99": round(p99)}),
         );
-        rows.push((count, p50, p99));
+        steps_ms.insert(
+            format!("nodes_{count}"),
+            STEPS
+                .iter()
+                .zip(&steps)
+                .map(|(step, ms)| ((*step).to_owned(), json!(round(*ms))))
+                .collect(),
+        );
+        rows.push((count, p50, p99, steps));
     }
     let id_100 = "10.50.0.100:svc:8080";
     let (floor_p50, floor_p99) = floor(&eureka, "SVC-100", id_100, "10.50.0.100", &nodes).await;
@@ -427,7 +476,7 @@ async fn run() {
         "\nsynchspeed drain benchmark ({SAMPLES} samples after {WARMUP} warm-up, loopback, 2 cores)\n"
     );
     println!("{:<34} {:>10} {:>10}", "", "p50 ms", "p99 ms");
-    for (count, p50, p99) in &rows {
+    for (count, p50, p99, _) in &rows {
         println!(
             "{:<34} {:>10.3} {:>10.3}",
             format!("offline, wait=true, {count} nodes"),
@@ -444,6 +493,23 @@ async fn run() {
         "sequential, curl-style, 100 nodes", sequential_ms
     );
     println!(
+        "\n{:<34} {}",
+        "mean ms per operation, by step",
+        STEPS.map(|step| format!("{step:>9}")).join(" ")
+    );
+    for (count, _, _, steps) in &rows {
+        println!(
+            "{:<34} {}",
+            format!("offline and online, {count} nodes"),
+            steps
+                .iter()
+                .map(|ms| format!("{ms:>9.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    println!();
+    println!(
         "{:<34} {:>10.3} s",
         format!("mass: {MASS_INSTANCES} instances x {MASS_NODES} nodes"),
         mass_seconds
@@ -456,6 +522,7 @@ async fn run() {
 
     let report = json!({
         "latency_ms": latency_ms,
+        "steps_ms": steps_ms,
         "floor_ms": {"nodes_100": {"p50": round(floor_p50), "p99": round(floor_p99)}},
         "sequential_baseline_ms": {"nodes_100": round(sequential_ms)},
         "mass": {"instances": MASS_INSTANCES, "nodes": MASS_NODES, "seconds": round(mass_seconds)},

@@ -1,6 +1,7 @@
 //! Logs (tracing: human lines or one JSON object per line) and the Prometheus metrics registry.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -61,6 +62,59 @@ pub struct HoldEndLabels {
     pub why: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: &'static str,
+}
+
+/// The steps of an operation, in order, each timed: where a slow drain spends its time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Waiting for an earlier operation on the same IPs to settle.
+    Queued,
+    /// Resolving instances, gateway groups and nodes.
+    Plan,
+    /// Journaling the operation before its first change.
+    Journal,
+    /// Writing the status to the registry (and putting it back when that fails).
+    Registry,
+    /// From the first notification to the last node's answer, retries included.
+    Gateways,
+}
+
+impl Step {
+    const ALL: [Step; 5] = [
+        Step::Queued,
+        Step::Plan,
+        Step::Journal,
+        Step::Registry,
+        Step::Gateways,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Step::Queued => "queued",
+            Step::Plan => "plan",
+            Step::Journal => "journal",
+            Step::Registry => "registry",
+            Step::Gateways => "gateways",
+        }
+    }
+}
+
+/// Times a step until it is dropped.
+#[must_use = "the step is timed until this is dropped"]
+pub struct StepTimer<'a> {
+    histogram: &'a Histogram,
+    started: Instant,
+}
+
+impl Drop for StepTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// Every metric synchspeed exports. One value per running app (not a process global), so
 /// tests that start several apps see their own counts.
 pub struct Metrics {
@@ -73,6 +127,8 @@ pub struct Metrics {
     /// Passes of the reconciler over every hold: tests and dashboards see it is alive.
     pub reconcile_runs: Counter,
     pub holds_ended: Family<HoldEndLabels, Counter>,
+    /// One histogram per [`Step`], in `Step::ALL` order, taken out of their family once.
+    step_seconds: [Histogram; Step::ALL.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -136,8 +192,24 @@ impl Metrics {
             "Holds that ended without an online call, by why (departed, replaced, expired)",
             holds_ended.clone(),
         );
+        // 50 us to ~100 s: planning is microseconds, a gateway node that needs every retry
+        // takes seconds.
+        let steps = Family::<StepLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 22))
+        });
+        registry.register(
+            "operation_step_duration_seconds",
+            "Time operations spent in each step: queued, plan, journal, registry, gateways",
+            steps.clone(),
+        );
+        let step_seconds = Step::ALL.map(|step| {
+            steps
+                .get_or_create(&StepLabels { step: step.label() })
+                .clone()
+        });
         Self {
             registry: Mutex::new(registry),
+            step_seconds,
             reconcile_runs,
             holds_ended,
             http_requests,
@@ -157,6 +229,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Times `step` from now until the returned timer is dropped.
+    pub fn time(&self, step: Step) -> StepTimer<'_> {
+        StepTimer {
+            histogram: &self.step_seconds[step as usize],
+            started: Instant::now(),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -167,5 +247,29 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_step_is_counted_under_its_own_label() {
+        let metrics = Metrics::new();
+        for (times, step) in Step::ALL.into_iter().enumerate() {
+            for _ in 0..=times {
+                drop(metrics.time(step));
+            }
+        }
+        let text = metrics.encode();
+        for (times, step) in Step::ALL.into_iter().enumerate() {
+            let count = format!(
+                "synchspeed_operation_step_duration_seconds_count{{step=\"{}\"}} {}",
+                step.label(),
+                times + 1
+            );
+            assert!(text.contains(&count), "{count} in {text}");
+        }
     }
 }

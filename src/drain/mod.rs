@@ -40,7 +40,7 @@ use crate::gateway::{Delivery, Notification, NotifiedInstance};
 use crate::groups::{GroupSource, GroupsError};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{DesiredState, IdempotencyKey, Store, StoreError};
-use crate::telemetry::{Metrics, NotificationLabels, OperationLabels};
+use crate::telemetry::{Metrics, NotificationLabels, OperationLabels, Step};
 
 /// Registry writes one operation keeps in flight at once.
 const REGISTRY_WRITES_IN_FLIGHT: usize = 32;
@@ -283,11 +283,15 @@ impl Orchestrator {
         let permit = Arc::clone(&self.in_flight)
             .try_acquire_owned()
             .map_err(|_| DrainError::Busy)?;
+        let queued = self.metrics.time(Step::Queued);
         let lane = self
             .lanes
             .enter(request.targets.iter().map(|target| target.ip))
             .await;
+        drop(queued);
+        let planning = self.metrics.time(Step::Plan);
         let plan = self.plan(&request.targets).await?;
+        drop(planning);
         if request.action == Action::Offline
             && !request.force
             && let Some(operation) = self.holding_operation(&plan).await?
@@ -296,9 +300,11 @@ impl Orchestrator {
         }
         let mut operation = new_operation(&request, &plan);
         // Journal before the first side effect.
+        let journaling = self.metrics.time(Step::Journal);
         self.store
             .insert_operation(&operation, key.as_ref())
             .await?;
+        drop(journaling);
         self.last_operations.record(&operation);
         self.metrics.operations_in_flight.inc();
         let span =
@@ -382,6 +388,7 @@ impl Orchestrator {
         plan: &Plan,
         action: Action,
     ) -> Result<DesiredState, DrainError> {
+        let _timer = self.metrics.time(Step::Registry);
         let status = action.target_status();
         // Online lets go of the holds before the registry shows UP: a watching registry
         // reports the change at once, and the reconciler must not take it for a lost hold
@@ -641,7 +648,10 @@ impl Orchestrator {
                     read_back(registry.as_ref(), &instances, status, &sender).await;
                 }
             };
-            let answers = record_answers(deliveries, &sender, &metrics);
+            let answers = async {
+                let _timer = metrics.time(Step::Gateways);
+                record_answers(deliveries, &sender, &metrics).await;
+            };
             let fan_out = async {
                 tokio::join!(answers, reading_back);
             };

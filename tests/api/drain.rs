@@ -364,6 +364,11 @@ async fn registry_down_means_503_and_no_gateway_is_told() {
         metrics.contains("synchspeed_operations_total{action=\"offline\",state=\"failed\"} 1"),
         "{metrics}"
     );
+    for (step, count) in [("registry", 1), ("gateways", 0)] {
+        let line =
+            format!("synchspeed_operation_step_duration_seconds_count{{step=\"{step}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]

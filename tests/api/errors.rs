@@ -192,6 +192,12 @@ async fn health_metrics_and_openapi_are_served() {
         metrics.contains("route=\"/api/v1/instances/{ip}/offline\""),
         "{metrics}"
     );
+    // The offline went through every step once.
+    for step in ["queued", "plan", "journal", "registry", "gateways"] {
+        let count =
+            format!("synchspeed_operation_step_duration_seconds_count{{step=\"{step}\"}} 1");
+        assert!(metrics.contains(&count), "{count} in {metrics}");
+    }
 
     let openapi: Value = app.get_json("/api/v1/openapi.json").await;
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
