@@ -35,6 +35,12 @@ const MASS_NODES: usize = 20;
 const READ_SECONDS: u64 = 3;
 const READ_CLIENTS: usize = 32;
 const SEQUENTIAL_RUNS: usize = 10;
+/// Samples in a row before the service and the floor swap (`SAMPLES` is a multiple of it).
+const BLOCK: usize = 30;
+/// The run measured beside the floor, and the instance the floor drains.
+const FLOOR_NODES: usize = 100;
+const FLOOR_ID: &str = "10.50.0.201:floor:8080";
+const FLOOR_IP: &str = "10.50.0.201";
 /// The labels of `synchspeed_operation_step_duration_seconds`, in the order an operation
 /// goes through them.
 const STEPS: [&str; 5] = ["queued", "plan", "journal", "registry", "gateways"];
@@ -185,15 +191,26 @@ fn step_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<f64> {
         .collect()
 }
 
-/// Offline with wait=true, timed to its 200; online (untimed) puts it back for the next one.
-async fn latency(service: &Service, ip: &str) -> (f64, f64) {
-    let client = client();
-    let offline = format!("{}/api/v1/instances/{ip}/offline?wait=true", service.base);
-    let online = format!("{}/api/v1/instances/{ip}/online?wait=true", service.base);
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for i in 0..WARMUP + SAMPLES {
+/// One offline through the service with wait=true, timed to its 200; an untimed online puts
+/// the instance back for the next one.
+struct ServiceDrain {
+    client: reqwest::Client,
+    offline: String,
+    online: String,
+}
+
+impl ServiceDrain {
+    fn new(service: &Service, ip: &str) -> Self {
+        Self {
+            client: client(),
+            offline: format!("{}/api/v1/instances/{ip}/offline?wait=true", service.base),
+            online: format!("{}/api/v1/instances/{ip}/online?wait=true", service.base),
+        }
+    }
+
+    async fn once(&self) -> f64 {
         let started = Instant::now();
-        let response = client.post(&offline).send().await.unwrap();
+        let response = self.client.post(&self.offline).send().await.unwrap();
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
         assert_eq!(
             response.status(),
@@ -201,46 +218,53 @@ async fn latency(service: &Service, ip: &str) -> (f64, f64) {
             "{}",
             response.text().await.unwrap_or_default()
         );
-        if i >= WARMUP {
-            samples.push(elapsed);
-        }
-        assert_eq!(client.post(&online).send().await.unwrap().status(), 200);
+        let online = self.client.post(&self.online).send().await.unwrap();
+        assert_eq!(online.status(), 200);
+        elapsed
     }
-    summary(samples)
 }
 
 /// The same work done directly: the registry PUT, then every node concurrently on a warm
-/// keep-alive pool. Nothing can be faster without skipping a step.
-async fn floor(
-    eureka: &EurekaDouble,
-    app: &str,
-    id: &str,
-    ip: &str,
-    nodes: &[GatewayNode],
-) -> (f64, f64) {
-    let client = client();
-    let put = format!(
-        "{}/apps/{app}/{id}/status?value=OUT_OF_SERVICE",
-        eureka.url()
-    );
-    let delete = format!("{}/apps/{app}/{id}/status?value=UP", eureka.url());
-    let body = serde_json::to_vec(&json!({"operationId": "op_floor", "event": "offline", "app": app,
-        "instances": [{"instanceId": id, "ip": ip, "port": 8080}], "issuedAt": "2026-11-22T10:00:00.000Z"}))
-    .unwrap();
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("http://{}/synchspeed/v1/notify", n.address()))
-        .collect();
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for i in 0..WARMUP + SAMPLES {
+/// keep-alive pool. Nothing can be faster without skipping a step. An untimed DELETE puts
+/// the status back.
+struct FloorDrain {
+    client: reqwest::Client,
+    put: String,
+    delete: String,
+    body: Vec<u8>,
+    urls: Vec<String>,
+}
+
+impl FloorDrain {
+    fn new(eureka: &EurekaDouble, app: &str, id: &str, ip: &str, nodes: &[GatewayNode]) -> Self {
+        let body = json!({"operationId": "op_floor", "event": "offline", "app": app,
+            "instances": [{"instanceId": id, "ip": ip, "port": 8080}],
+            "issuedAt": "2026-11-22T10:00:00.000Z"});
+        Self {
+            client: client(),
+            put: format!(
+                "{}/apps/{app}/{id}/status?value=OUT_OF_SERVICE",
+                eureka.url()
+            ),
+            delete: format!("{}/apps/{app}/{id}/status?value=UP", eureka.url()),
+            body: serde_json::to_vec(&body).unwrap(),
+            urls: nodes
+                .iter()
+                .map(|n| format!("http://{}/synchspeed/v1/notify", n.address()))
+                .collect(),
+        }
+    }
+
+    async fn once(&self) -> f64 {
         let started = Instant::now();
-        assert_eq!(client.put(&put).send().await.unwrap().status(), 200);
-        let answers = join_all(urls.iter().map(|url| {
-            client
+        let put = self.client.put(&self.put).send().await.unwrap();
+        assert_eq!(put.status(), 200);
+        let answers = join_all(self.urls.iter().map(|url| {
+            self.client
                 .post(url)
                 .header("content-type", "application/json")
                 .header("x-synchspeed-event", "offline")
-                .body(body.clone())
+                .body(self.body.clone())
                 .send()
         }))
         .await;
@@ -250,12 +274,48 @@ async fn floor(
                 .into_iter()
                 .all(|a| a.unwrap().status().is_success())
         );
-        if i >= WARMUP {
-            samples.push(elapsed);
-        }
-        client.delete(&delete).send().await.unwrap();
+        self.client.delete(&self.delete).send().await.unwrap();
+        elapsed
+    }
+}
+
+/// The service's offline latency alone: p50 and p99 after the warm-up.
+async fn latency(drain: &ServiceDrain) -> (f64, f64) {
+    for _ in 0..WARMUP {
+        drain.once().await;
+    }
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        samples.push(drain.once().await);
     }
     summary(samples)
+}
+
+/// The service and the floor take turns in blocks of `BLOCK` samples, so that both are
+/// measured while the machine is in the same state: on a shared machine its speed drifts
+/// over minutes, and a floor measured after the service was often measured on another
+/// machine, in effect. Each block starts with one untimed operation, so neither side pays
+/// for what the other left running (the service journals a settle after answering).
+async fn latency_beside_floor(
+    drain: &ServiceDrain,
+    floor: &FloorDrain,
+) -> ((f64, f64), (f64, f64)) {
+    for _ in 0..WARMUP {
+        drain.once().await;
+        floor.once().await;
+    }
+    let (mut service, mut direct) = (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
+    while service.len() < SAMPLES {
+        drain.once().await;
+        for _ in 0..BLOCK {
+            service.push(drain.once().await);
+        }
+        floor.once().await;
+        for _ in 0..BLOCK {
+            direct.push(floor.once().await);
+        }
+    }
+    (summary(service), summary(direct))
 }
 
 /// What a deploy script with curl does today: one request after another, a new connection
@@ -433,6 +493,9 @@ async fn run() {
             "UP",
         );
     }
+    // The floor's own instance of the 100-node app: its status flips never touch the one the
+    // service drains.
+    eureka.register("SVC-100", FLOOR_ID, FLOOR_IP, 8080, "UP");
     eureka.forget_delta();
 
     let service = start_service(&eureka, &groups).await;
@@ -442,10 +505,18 @@ async fn run() {
     let mut latency_ms = serde_json::Map::new();
     let mut steps_ms = serde_json::Map::new();
     let mut rows = Vec::new();
+    let floor = FloorDrain::new(&eureka, "SVC-100", FLOOR_ID, FLOOR_IP, &nodes);
+    let (mut floor_p50, mut floor_p99) = (f64::NAN, f64::NAN);
     for count in NODE_COUNTS {
-        let ip = format!("10.50.0.{count}");
+        let drain = ServiceDrain::new(&service, &format!("10.50.0.{count}"));
         let before = step_totals(&service).await;
-        let (p50, p99) = latency(&service, &ip).await;
+        let (p50, p99) = if count == FLOOR_NODES {
+            let (measured, direct) = latency_beside_floor(&drain, &floor).await;
+            (floor_p50, floor_p99) = direct;
+            measured
+        } else {
+            latency(&drain).await
+        };
         let steps = step_means(&before, &step_totals(&service).await);
         // The nodes keep every body they acknowledge; forgotten between runs, so no run pays
         // for the bench's own memory growing from the runs before it.
@@ -465,8 +536,6 @@ async fn run() {
         rows.push((count, p50, p99, steps));
     }
     let id_100 = "10.50.0.100:svc:8080";
-    let (floor_p50, floor_p99) = floor(&eureka, "SVC-100", id_100, "10.50.0.100", &nodes).await;
-    nodes.iter().for_each(GatewayNode::forget_received);
     let sequential_ms = sequential(&eureka, "SVC-100", id_100, "10.50.0.100", &nodes).await;
     let mass_seconds = mass(&service, &mass_nodes).await;
     let rss_after_mass = service.rss_mb();
@@ -486,7 +555,7 @@ async fn run() {
     }
     println!(
         "{:<34} {:>10.3} {:>10.3}",
-        "floor (PUT + 100 concurrent)", floor_p50, floor_p99
+        "floor, in turns with the 100 above", floor_p50, floor_p99
     );
     println!(
         "{:<34} {:>10.3}",
