@@ -63,9 +63,9 @@ struct Indexed {
     /// The ids of each app; the map's key is the one copy of the app's name every instance
     /// of it shares.
     by_app: HashMap<AppName, BTreeSet<Arc<str>>>,
-    /// Per app, a number that changes whenever one of its instances does (never reused, kept
-    /// after the app is gone): what was derived from an app's instances, such as a gateway
-    /// group's nodes, holds until it moves.
+    /// Per app, a number that changes whenever one of its instances does, never to a value
+    /// it had before (an app without instances reads 0, which no change gets): what was
+    /// derived from an app's instances, such as a gateway group's nodes, holds until it moves.
     versions: HashMap<AppName, u64>,
     last_version: u64,
     loaded: bool,
@@ -116,6 +116,8 @@ impl Indexed {
             ids.remove(&key.instance_id);
             if ids.is_empty() {
                 self.by_app.remove(&key.app);
+                self.versions.remove(&key.app);
+                return Some(old);
             }
         }
         self.changed(&key.app);
@@ -211,6 +213,7 @@ impl InstanceCache {
     }
 
     /// Changes whenever an instance of `app` does: added, removed, or changed in any way.
+    /// 0 while the app has no instances.
     pub fn app_version(&self, app: &AppName) -> u64 {
         self.read().versions.get(app).copied().unwrap_or(0)
     }
@@ -320,6 +323,11 @@ mod tests {
         assert!(moved(&cache), "an instance removed");
         cache.replace_all([instance("B", "b1", "10.0.0.2", 80)]);
         assert!(moved(&cache), "the app gone in a full fetch");
+        assert_eq!(
+            cache.app_version(&a),
+            0,
+            "nothing is kept for an app that is gone"
+        );
         cache.replace_all([instance("A", "a1", "10.0.0.9", 80)]);
         assert!(moved(&cache), "the app back as it was");
     }
