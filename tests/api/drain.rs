@@ -218,13 +218,9 @@ async fn online_removes_the_override_and_tells_the_nodes() {
     assert!(held["instances"].as_array().unwrap().is_empty());
 }
 
-/// The node addresses an offline of 10.0.0.5 would tell, as a dry run resolves them.
-async fn planned_nodes(app: &TestApp) -> Vec<String> {
-    let response = app
-        .post("/api/v1/instances/10.0.0.5/offline?dry_run=true")
-        .await;
-    let plan: Value = response.json().await.unwrap();
-    let mut nodes: Vec<String> = plan["gateways"]
+/// The node addresses of an operation, sorted.
+fn node_addresses(operation: &Value) -> Vec<String> {
+    let mut nodes: Vec<String> = operation["gateways"]
         .as_array()
         .unwrap()
         .iter()
@@ -232,6 +228,14 @@ async fn planned_nodes(app: &TestApp) -> Vec<String> {
         .collect();
     nodes.sort();
     nodes
+}
+
+/// The node addresses an offline of 10.0.0.5 would tell, as a dry run resolves them.
+async fn planned_nodes(app: &TestApp) -> Vec<String> {
+    let response = app
+        .post("/api/v1/instances/10.0.0.5/offline?dry_run=true")
+        .await;
+    node_addresses(&response.json().await.unwrap())
 }
 
 #[tokio::test]
@@ -264,15 +268,7 @@ async fn a_gateway_group_follows_its_nodes_going_down_and_coming_up() {
         .post("/api/v1/instances/10.0.0.5/offline?wait=true")
         .await;
     assert_eq!(response.status(), 200);
-    let operation: Value = response.json().await.unwrap();
-    let mut told: Vec<&str> = operation["gateways"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["node"].as_str().unwrap())
-        .collect();
-    told.sort_unstable();
-    assert_eq!(told, expected);
+    assert_eq!(node_addresses(&response.json().await.unwrap()), expected);
     assert_eq!(b.received().len(), 2, "the DOWN node hears nothing more");
     assert_eq!(c.received().len(), 1);
     assert!(fleet.down_node.received().is_empty());
