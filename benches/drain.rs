@@ -25,6 +25,7 @@ use eureka::EurekaDouble;
 use futures::future::join_all;
 use gateway::{Behaviour, GatewayNode};
 use serde_json::{Value, json};
+use synchspeed::telemetry::Step;
 
 const NODE_COUNTS: [usize; 3] = [1, 10, 100];
 const WARMUP: usize = 30;
@@ -41,9 +42,6 @@ const BLOCK: usize = 30;
 const FLOOR_NODES: usize = 100;
 const FLOOR_ID: &str = "10.50.0.201:floor:8080";
 const FLOOR_IP: &str = "10.50.0.201";
-/// The labels of `synchspeed_operation_step_duration_seconds`, in the order an operation
-/// goes through them.
-const STEPS: [&str; 5] = ["queued", "plan", "journal", "registry", "gateways"];
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -176,9 +174,9 @@ async fn step_totals(service: &Service) -> Vec<(f64, f64)> {
             .parse()
             .unwrap()
     };
-    STEPS
+    Step::ALL
         .iter()
-        .map(|step| (value("sum", step), value("count", step)))
+        .map(|step| (value("sum", step.label()), value("count", step.label())))
         .collect()
 }
 
@@ -527,10 +525,10 @@ async fn run() {
         );
         steps_ms.insert(
             format!("nodes_{count}"),
-            STEPS
+            Step::ALL
                 .iter()
                 .zip(&steps)
-                .map(|(step, ms)| ((*step).to_owned(), json!(round(*ms))))
+                .map(|(step, ms)| (step.label().to_owned(), json!(round(*ms))))
                 .collect(),
         );
         rows.push((count, p50, p99, steps));
@@ -564,7 +562,9 @@ async fn run() {
     println!(
         "\n{:<34} {}",
         "mean ms per operation, by step",
-        STEPS.map(|step| format!("{step:>9}")).join(" ")
+        Step::ALL
+            .map(|step| format!("{:>9}", step.label()))
+            .join(" ")
     );
     for (count, _, _, steps) in &rows {
         println!(

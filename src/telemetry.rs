@@ -83,7 +83,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 5] = [
+    pub const ALL: [Step; 5] = [
         Step::Queued,
         Step::Plan,
         Step::Journal,
@@ -91,7 +91,8 @@ impl Step {
         Step::Gateways,
     ];
 
-    fn label(self) -> &'static str {
+    /// The `step` label of `synchspeed_operation_step_duration_seconds`.
+    pub fn label(self) -> &'static str {
         match self {
             Step::Queued => "queued",
             Step::Plan => "plan",
