@@ -5,24 +5,37 @@
 //!
 //! The code reads in the order a request flows:
 //!
-//! * [`config`]: typed settings; the embedded default, a file, `SYNCHSPEED__*` variables.
-//! * [`startup`]: builds the concrete backends from settings, serves, shuts down.
-//! * [`telemetry`]: the tracing subscriber and the Prometheus metrics.
-//! * [`http`]: routes, the caller check, the one error type, the OpenAPI document.
-//! * [`drain`]: the orchestrator: plan, journal, registry step, gateway fan-out.
-//! * [`registry`]: the `Registry` trait and its backends (Eureka, file), with the IP cache.
-//! * [`groups`]: which gateway groups route to an app.
-//! * [`gateway`]: a group's nodes, the `Notifier` trait (webhook), the bounded fan-out.
-//! * [`store`]: the operations journal and the desired state (SQLite).
-//! * [`domain`]: plain types with no I/O: instances, operations, the caller policy.
+//! * [`config`]: typed settings in layers: the embedded defaults, a file, `SYNCHSPEED__*`
+//!   variables; one module per section.
+//! * [`startup`]: the only place that names concrete backends: builds them, serves, shuts down.
+//! * `telemetry`: the tracing subscriber and the Prometheus metrics.
+//! * `http`: routes, the caller check, the one error type, the OpenAPI document.
+//! * `drain`: the orchestrator: plan, journal, registry step, gateway fan-out, and keeping
+//!   the word afterwards (re-assertion, the reconciler, resuming after a crash).
+//! * `registry`: the `Registry` trait and its backends (Eureka, ZooKeeper, file), with the
+//!   IP-indexed cache.
+//! * `groups`: which gateway groups route to an app.
+//! * `gateway`: a group's nodes, the `Notifier` trait (webhook, HAProxy), the bounded fan-out.
+//! * `store`: the operations journal and the desired state (SQLite).
+//! * `domain`: plain types with no I/O: instances, operations, the caller policy.
+//! * `sync`, `diagnostics`: poison-tolerant locks; error chains and answer snippets for logs.
+//!
+//! The crate exports what the binary, the black-box tests and the benchmark need: settings,
+//! the application, and the names of the timed steps. Everything else is private, so the
+//! compiler sees the whole crate.
 
 pub mod config;
-pub mod domain;
-pub mod drain;
-pub mod gateway;
-pub mod groups;
-pub mod http;
-pub mod registry;
+mod diagnostics;
+mod domain;
+mod drain;
+mod gateway;
+mod groups;
+mod http;
+mod registry;
 pub mod startup;
-pub mod store;
+mod store;
+mod sync;
 pub mod telemetry;
+
+#[cfg(test)]
+mod testing;

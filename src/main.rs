@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use synchspeed::config::Settings;
+use synchspeed::config::{ConfigError, Settings};
 use synchspeed::startup::{Application, StopSignals};
 use synchspeed::telemetry;
 
@@ -26,11 +26,13 @@ struct Cli {
 enum Command {
     /// Run the service.
     Serve {
-        /// A TOML configuration file; without it the embedded config/default.toml is used.
+        /// A TOML configuration file, layered over the embedded defaults (config/default.toml);
+        /// without it the embedded demo (config/demo.toml) is.
         #[arg(long, env = "SYNCHSPEED_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Validate a configuration and exit (0 when valid, 64 when not).
+    /// Validate a configuration and print what the layers produce, secrets redacted (exit 0
+    /// when valid, 64 when not).
     CheckConfig {
         #[arg(long, env = "SYNCHSPEED_CONFIG")]
         config: Option<PathBuf>,
@@ -40,21 +42,14 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (config, serve) = match cli.command {
-        Command::Serve { config } => (config, true),
-        Command::CheckConfig { config } => (config, false),
+    let config = match cli.command {
+        Command::Serve { config } => config,
+        Command::CheckConfig { config } => return check_config(config.as_deref()),
     };
     let settings = match Settings::load(config.as_deref()) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("synchspeed: invalid configuration: {error}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(error) => return invalid_configuration(&error),
     };
-    if !serve {
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
     telemetry::init_tracing(&settings.log);
     let signals = match StopSignals::install() {
         Ok(signals) => signals,
@@ -74,5 +69,22 @@ async fn main() -> ExitCode {
             eprintln!("synchspeed: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn invalid_configuration(error: &ConfigError) -> ExitCode {
+    eprintln!("synchspeed: invalid configuration: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Prints the effective configuration (stdout, TOML) and says it is valid (stderr).
+fn check_config(path: Option<&std::path::Path>) -> ExitCode {
+    match Settings::effective_toml(path) {
+        Ok(effective) => {
+            print!("{effective}");
+            eprintln!("synchspeed: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(error) => invalid_configuration(&error),
     }
 }

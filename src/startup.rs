@@ -64,7 +64,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let http = http_client()?;
-        let sqlite = SqliteStore::connect(&settings.store.url)
+        let sqlite = SqliteStore::connect(settings.store.url.expose())
             .await
             .with_context(|| format!("opening the store {}", settings.store.url))?;
         let store: Arc<dyn Store> = Arc::new(sqlite.clone());

@@ -9,6 +9,36 @@ use utoipa::ToSchema;
 use super::{AppName, Instance, InstanceKey, OperationId};
 use crate::domain::operation::millis;
 
+/// Why a hold ended without an online call: the `why` of `synchspeed_holds_ended_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HoldEnd {
+    /// No registry peer that answered has the instance any more (the scale-down finished).
+    Departed,
+    /// Another registration of its id took its place (a new process).
+    Replaced,
+    /// Held longer than `drain.hold_max`; the registry is left as it is.
+    Expired,
+}
+
+impl HoldEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldEnd::Departed => "departed",
+            HoldEnd::Replaced => "replaced",
+            HoldEnd::Expired => "expired",
+        }
+    }
+
+    /// What the log says of it.
+    pub fn detail(self) -> &'static str {
+        match self {
+            HoldEnd::Departed => "no registry peer has it any more",
+            HoldEnd::Replaced => "another registration of its id took its place",
+            HoldEnd::Expired => "held longer than drain.hold_max",
+        }
+    }
+}
+
 /// One held instance. Identified by app and instance id, and by the registration time where
 /// the registry keeps one per process (ZooKeeper): a process that registers anew is not the
 /// one held. Eureka stamps a new registration time on every `register` call, even from the

@@ -12,9 +12,9 @@ pub mod operation;
 pub mod policy;
 
 pub use app::AppName;
-pub use hold::Hold;
+pub use hold::{Hold, HoldEnd};
 pub use instance::{Instance, InstanceKey, Status};
 pub use operation::{
-    Action, Caller, InstanceResult, NodeResult, NodeState, Operation, OperationError, OperationId,
-    OperationState, PeerOutcome, PeerResult, RegistryStep, Target,
+    Action, Caller, FailureCode, InstanceResult, NodeResult, NodeState, Operation, OperationError,
+    OperationId, OperationState, Origin, PeerOutcome, PeerResult, RegistryStep, Target,
 };

@@ -1,5 +1,5 @@
-//! The operation: the audit record of one offline or online request, in the contract's shape
-//! (`shared/spec/api.md`, "The operation").
+//! The operation: the audit record of one offline or online request, in the shape the README's
+//! "The API by example" shows and the OpenAPI document describes.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -306,8 +306,37 @@ pub struct Warmup {
 /// Why an operation failed as a whole (the registry step).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OperationError {
-    pub code: String,
+    pub code: FailureCode,
     pub message: String,
+}
+
+/// What made a registry step fail: what scripts branch on, in the operation and in the error
+/// body alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// Nothing answered (or the cache was not loaded): nothing was changed.
+    RegistryUnavailable,
+    /// The registry no longer knows the instance (it left between the plan and the write).
+    InstanceGone,
+    /// The registry answered and said no.
+    RegistryRefused,
+}
+
+/// The principal shown on the reconciler's own operations in the audit trail. Reserved in
+/// config, so no caller's token can carry it.
+pub const RECONCILER_PRINCIPAL: &str = "synchspeed-reconciler";
+
+/// Who started an operation. Decided by how it came in, never by a name: a token's principal
+/// is the caller's to choose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A call to the API.
+    #[default]
+    Api,
+    /// synchspeed's reconciler re-asserting a hold that the registry lost.
+    Reconciler,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -323,6 +352,9 @@ pub struct Operation {
     pub targets: Vec<Target>,
     pub reason: Option<String>,
     pub caller: Caller,
+    /// Records journaled before the origin was kept read as API calls.
+    #[serde(default)]
+    pub origin: Origin,
     pub instances: Vec<InstanceResult>,
     pub gateways: Vec<NodeResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -432,6 +464,7 @@ mod tests {
                 addr: "127.0.0.1".parse().unwrap(),
                 principal: None,
             },
+            origin: Origin::Api,
             instances: vec![],
             gateways: nodes,
             error: None,

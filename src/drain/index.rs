@@ -11,17 +11,7 @@ use std::net::IpAddr;
 use std::sync::RwLock;
 
 use crate::domain::{Hold, InstanceKey, Operation, OperationId};
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // Every critical section is one complete map operation: a poisoned lock is consistent.
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::{read, write};
 
 /// The instances held out of service.
 #[derive(Debug, Default)]

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedMutexGuard;
 
+use crate::sync::lock;
+
 type LaneMap = Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>;
 
 #[derive(Debug, Default, Clone)]
@@ -25,12 +27,6 @@ pub struct Lanes {
 pub struct LaneGuard {
     held: Vec<(IpAddr, OwnedMutexGuard<()>)>,
     lanes: Arc<LaneMap>,
-}
-
-fn lock(map: &LaneMap) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>> {
-    // Each critical section is one map operation: a poisoned lock is still consistent.
-    map.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Lanes {

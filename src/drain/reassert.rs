@@ -2,8 +2,8 @@
 //! registry (its own Curator client wrote its local copy back after a reconnection) is taken
 //! out again, and the gateways are told again.
 //!
-//! Each re-assertion is an operation of its own, by the principal `synchspeed-reconciler`,
-//! with the reason saying what happened: the audit trail shows every time the registry had to
+//! Each re-assertion is an operation of its own, of origin `reconciler` (shown with the
+//! principal `synchspeed-reconciler`), with the reason saying what happened: the audit trail shows every time the registry had to
 //! be corrected. A different registration on the same IP (another instance id, or a newer
 //! registration time) is a new instance and is left alone.
 
@@ -16,9 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::{DrainOutcome, DrainRequest, Orchestrator};
-use crate::domain::{Action, Caller, Instance, Status, Target};
-
-pub const PRINCIPAL: &str = "synchspeed-reconciler";
+use crate::domain::operation::RECONCILER_PRINCIPAL;
+use crate::domain::{Action, Caller, Instance, Origin, Status, Target};
 
 /// Follows registry changes until `shutdown`.
 pub async fn keep_held_offline(
@@ -47,27 +46,23 @@ async fn check(orchestrator: &Orchestrator, instance: &Instance) {
     if instance.status == Status::OutOfService {
         return;
     }
-    let by_time = orchestrator
-        .registry()
-        .registration_time_identifies_process();
+    let by_time = orchestrator.registry.registration_time_identifies_process();
     let held = orchestrator
         .holds_on(instance.ip)
         .into_iter()
         .any(|hold| hold.is_of(instance, by_time));
     if held {
-        reassert(orchestrator, instance, orchestrator.registry().kind()).await;
+        reassert(orchestrator, instance, orchestrator.registry.kind()).await;
     }
 }
 
 /// Compares every hold with the registry cache (after missed changes).
 async fn sweep(orchestrator: &Orchestrator) {
     for hold in orchestrator.holds() {
-        let Ok(instances) = orchestrator.registry().instances_on(hold.ip).await else {
+        let Ok(instances) = orchestrator.registry.instances_on(hold.ip).await else {
             continue;
         };
-        let by_time = orchestrator
-            .registry()
-            .registration_time_identifies_process();
+        let by_time = orchestrator.registry.registration_time_identifies_process();
         for instance in instances.iter().filter(|i| hold.is_of(i, by_time)) {
             check(orchestrator, instance).await;
         }
@@ -92,8 +87,9 @@ pub(super) async fn reassert(orchestrator: &Orchestrator, instance: &Instance, s
         )),
         caller: Caller {
             addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            principal: Some(PRINCIPAL.into()),
+            principal: Some(RECONCILER_PRINCIPAL.into()),
         },
+        origin: Origin::Reconciler,
         dry_run: false,
         wait: None,
         // The cache may still say OUT_OF_SERVICE where a peer does not: write every peer.

@@ -22,14 +22,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use super::fanout_task::notifications;
 use super::resume::plan_of;
-use super::{Orchestrator, lock, notifications, reassert};
-use crate::domain::{Hold, Instance, NodeState, OperationId, OperationState, Status};
+use super::{Orchestrator, reassert};
+use crate::domain::{Hold, HoldEnd, Instance, NodeState, OperationId, OperationState, Status};
 use crate::gateway::Progress;
 use crate::gateway::fanout::Job;
 use crate::registry::Sighting;
+use crate::sync::lock;
 use crate::telemetry::HoldEndLabels;
 
 /// What the peers' answers mean for one hold.
@@ -161,26 +163,27 @@ impl Orchestrator {
         for hold in &holds {
             let key = hold.key();
             if hold.since < expired_before {
-                self.end_hold(hold, "expired", "held longer than drain.hold_max")
-                    .await;
+                self.end_hold(hold, HoldEnd::Expired).await;
                 continue;
             }
             let sightings = self.registry.sightings(&key, hold.ip).await;
             match judge(hold, &sightings, by_time) {
                 Verdict::Kept => state.reassertions.clear(&key),
-                Verdict::Unknown => {}
+                Verdict::Unknown => {
+                    // Said once per pass and hold: the operator sees why a hold lingers.
+                    for (peer, sighting) in &sightings {
+                        if let Sighting::Unknown(why) = sighting {
+                            debug!(app = %hold.app, instance = %hold.instance_id, peer = %peer,
+                                "hold kept unjudged: the peer cannot be asked: {why}");
+                        }
+                    }
+                }
                 Verdict::Departed => {
-                    self.end_hold(hold, "departed", "no registry peer has it any more")
-                        .await;
+                    self.end_hold(hold, HoldEnd::Departed).await;
                     continue;
                 }
                 Verdict::Replaced => {
-                    self.end_hold(
-                        hold,
-                        "replaced",
-                        "another registration of its id took its place",
-                    )
-                    .await;
+                    self.end_hold(hold, HoldEnd::Replaced).await;
                     continue;
                 }
                 Verdict::Lost(instance) => {
@@ -220,7 +223,7 @@ impl Orchestrator {
     }
 
     /// Ends one hold (memory and store), without touching the registry.
-    async fn end_hold(&self, hold: &Hold, why: &str, detail: &str) {
+    async fn end_hold(&self, hold: &Hold, why: HoldEnd) {
         let key = hold.key();
         let released = self.holds.release(std::slice::from_ref(&key));
         if released.is_empty() {
@@ -231,9 +234,12 @@ impl Orchestrator {
         }
         self.metrics
             .holds_ended
-            .get_or_create(&HoldEndLabels { why: why.into() })
+            .get_or_create(&HoldEndLabels {
+                why: why.as_str().into(),
+            })
             .inc();
-        if why == "expired" {
+        let detail = why.detail();
+        if why == HoldEnd::Expired {
             warn!(app = %hold.app, instance = %hold.instance_id, ip = %hold.ip, since = %hold.since,
                 operation = %hold.operation_id, "hold ended: {detail}; the registry is left as it is");
         } else {

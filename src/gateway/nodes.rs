@@ -85,10 +85,7 @@ impl NodeDirectory {
     }
 
     fn derived(&self) -> std::sync::MutexGuard<'_, HashMap<AppName, (u64, Nodes)>> {
-        // Entries are replaced whole, so a poisoned map is still consistent.
-        self.derived
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.derived)
     }
 
     fn address_of(&self, instance: &Instance) -> String {

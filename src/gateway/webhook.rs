@@ -10,6 +10,7 @@
 //! layers, boxed futures moved around) was a tenth of synchspeed's CPU on that path. A node is
 //! plain `http://host:port`, so nothing reqwest adds is needed here.
 
+use secrecy::ExposeSecret;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ use tracing::debug;
 
 use super::{Delivery, GatewayNode, Notification, Notifier, Progress, retry_schedule};
 use crate::config::GatewaySettings;
-use crate::registry::eureka::error_chain;
+use crate::diagnostics::error_chain;
 
 pub const EVENT_HEADER: &str = "x-synchspeed-event";
 pub const SIGNATURE_HEADER: &str = "x-synchspeed-signature";
@@ -82,7 +83,10 @@ impl WebhookNotifier {
             path: settings.path.clone(),
             timeout: settings.timeout,
             backoff,
-            secret: settings.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            secret: settings
+                .secret
+                .as_ref()
+                .map(|s| s.expose_secret().as_bytes().to_vec()),
         }
     }
 

@@ -13,6 +13,13 @@ use crate::domain::AppName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupsError {
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the static source never fails; a source that asks a database will"
+        )
+    )]
     #[error("the group source cannot be reached: {0}")]
     Unavailable(String),
 }

@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::diagnostics::error_chain;
+use crate::domain::FailureCode;
 use crate::domain::{Operation, OperationState};
-use crate::drain::{DrainError, DrainOutcome};
-use crate::registry::RegistryError;
+use crate::drain::{DrainError, DrainOutcome, NotReady};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -143,15 +144,19 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::Internal(error.to_string())
+        ApiError::Internal(error_chain(&error))
     }
 }
 
-impl From<RegistryError> for ApiError {
-    fn from(error: RegistryError) -> Self {
+impl From<NotReady> for ApiError {
+    fn from(error: NotReady) -> Self {
+        let code = match error {
+            NotReady::Registry { .. } => "registry_unavailable",
+            NotReady::Store(_) => "store_unavailable",
+        };
         ApiError::Unavailable {
-            code: "registry_unavailable",
-            message: format!("{error}; nothing was changed"),
+            code,
+            message: error_chain(&error),
             operation: None,
         }
     }
@@ -172,7 +177,9 @@ impl From<DrainError> for ApiError {
                         .into(),
                 operation: None,
             },
-            DrainError::RegistryUnavailable { message, operation } => ApiError::Unavailable {
+            DrainError::RegistryUnavailable {
+                message, operation, ..
+            } => ApiError::Unavailable {
                 code: "registry_unavailable",
                 message: format!(
                     "the registry cannot be reached: {message}; nothing was changed and no gateway was told"
@@ -193,10 +200,10 @@ impl From<DrainError> for ApiError {
             },
             DrainError::Groups(e) => ApiError::Unavailable {
                 code: "groups_unavailable",
-                message: format!("{e}; nothing was changed"),
+                message: format!("{}; nothing was changed", error_chain(&e)),
                 operation: None,
             },
-            DrainError::Store(e) => ApiError::Internal(e.to_string()),
+            DrainError::Store(e) => ApiError::Internal(error_chain(&e)),
         }
     }
 }
@@ -242,7 +249,7 @@ pub fn outcome_response(outcome: DrainOutcome) -> Response {
                     if operation
                         .error
                         .as_ref()
-                        .is_some_and(|e| e.code == "registry_unavailable") =>
+                        .is_some_and(|e| e.code == FailureCode::RegistryUnavailable) =>
                 {
                     (StatusCode::SERVICE_UNAVAILABLE, Json(operation)).into_response()
                 }

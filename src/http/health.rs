@@ -19,26 +19,9 @@ pub async fn healthz() -> Response {
     responses((status = 200, description = "Ready"), (status = 503, description = "Registry or store not answering")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     let orchestrator = &state.orchestrator;
-    orchestrator
-        .registry()
-        .readiness()
-        .await
-        .map_err(|e| ApiError::Unavailable {
-            code: "registry_unavailable",
-            message: format!("{} registry: {e}", orchestrator.registry().kind()),
-            operation: None,
-        })?;
-    orchestrator
-        .store()
-        .ping()
-        .await
-        .map_err(|e| ApiError::Unavailable {
-            code: "store_unavailable",
-            message: format!("store: {e}"),
-            operation: None,
-        })?;
+    orchestrator.readiness().await?;
     Ok(ok(
-        json!({"status": "ready", "registry": orchestrator.registry().kind()}),
+        json!({"status": "ready", "registry": orchestrator.registry_kind()}),
     ))
 }
 

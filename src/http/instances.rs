@@ -15,8 +15,8 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody, ok, outcome_response};
 use super::options::{self, InstanceOptions};
 use crate::domain::ip::parse_ip;
-use crate::domain::{Action, AppName, Caller, Hold, Operation, Status, Target};
-use crate::drain::DrainRequest;
+use crate::domain::{Action, AppName, Caller, Hold, Operation, Origin, Status, Target};
+use crate::drain::{DrainRequest, IpView};
 
 /// The parts of an offline or online call besides the path.
 struct ChangeRequest {
@@ -54,6 +54,7 @@ async fn change(
         }],
         reason: options::reason(options.reason)?,
         caller,
+        origin: Origin::Api,
         dry_run: options.dry_run.unwrap_or(false),
         wait: options::wait(options.wait, options.timeout, orchestrator.settings())?,
         force: options.force.unwrap_or(false),
@@ -176,10 +177,11 @@ pub async fn get_instance(
     Path(ip): Path<String>,
 ) -> Result<Response, ApiError> {
     let ip = path_ip(&ip)?;
-    let orchestrator = &state.orchestrator;
-    let registered = orchestrator.registry().instances_on(ip).await?;
-    let held = orchestrator.holds_on(ip);
-    let last_operation = orchestrator.last_operation_on(ip).await?;
+    let IpView {
+        registered,
+        held,
+        last_operation,
+    } = state.orchestrator.ip_view(ip).await?;
     if registered.is_empty() && held.is_empty() && last_operation.is_none() {
         return Err(ApiError::NotFound {
             code: "instance_not_found",

@@ -1,4 +1,4 @@
-//! The HTTP API (`shared/spec/api.md` §2): router, one module per resource, the caller check,
+//! The HTTP API (the README's "The API by example", served as `/api/v1/openapi.json`): router, one module per resource, the caller check,
 //! the one error type, the OpenAPI document. Knows the orchestrator and the domain, never a
 //! backend.
 
@@ -11,6 +11,9 @@ mod offline;
 pub mod openapi;
 mod operations;
 mod options;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

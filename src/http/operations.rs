@@ -13,7 +13,7 @@ use super::error::{ApiError, ErrorBody, ok, outcome_response};
 use super::options::{self, json_body};
 use crate::domain::ip::parse_ip;
 use crate::domain::operation::OperationId;
-use crate::domain::{Action, AppName, Caller, Operation, OperationState, Target};
+use crate::domain::{Action, AppName, Caller, Operation, OperationState, Origin, Target};
 use crate::drain::DrainRequest;
 use crate::store::OperationFilter;
 
@@ -192,6 +192,7 @@ pub async fn post_batch(
         targets,
         reason: options::reason(batch.reason)?,
         caller,
+        origin: Origin::Api,
         dry_run: batch.dry_run.unwrap_or(false),
         wait: options::wait(batch.wait, batch.timeout, orchestrator.settings())?,
         force: batch.force.unwrap_or(false),

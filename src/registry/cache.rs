@@ -139,17 +139,11 @@ pub struct InstanceCache {
 
 impl InstanceCache {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Indexed> {
-        // A panic while holding the lock cannot leave the maps inconsistent (every mutation
-        // is a sequence of complete map operations), so a poisoned lock is still usable.
-        self.inner
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::read(&self.inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Indexed> {
-        self.inner
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::write(&self.inner)
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -257,10 +251,6 @@ impl InstanceCache {
 
     pub fn len(&self) -> usize {
         self.read().by_key.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -111,9 +111,7 @@ impl FileRegistry {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, FileState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Re-reads the file if it changed (or always, when `force`). On error the last good copy

@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use url::Url;
 
+use crate::diagnostics::{error_chain, snippet};
+
 use super::model::{ApplicationsEnvelope, InstanceEnvelope, InstanceInfo};
 use crate::domain::{PeerOutcome, Status};
 
@@ -300,28 +302,6 @@ impl EurekaClient {
                 detail: e.to_string(),
             })
     }
-}
-
-/// An error and its causes on one line (reqwest hides the useful part in `source()`).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The start of an error body, printable, for the log and the operation record.
-fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(200)])
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_owned()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use client::{EurekaClient, Peer, PeerError, error_chain};
+pub use client::{EurekaClient, Peer, PeerError};
 use model::{Applications, Unindexable, reconcile_hash};
 
 use super::cache::{Change, InstanceCache};
@@ -64,9 +64,7 @@ impl EurekaRegistry {
     }
 
     fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
-        self.mirror
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.mirror)
     }
 
     fn peer_errors(&self, call: &str, errors: Vec<PeerError>) -> RegistryError {

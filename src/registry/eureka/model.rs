@@ -30,12 +30,6 @@ pub struct ApplicationsEnvelope {
 #[derive(Debug, Deserialize)]
 pub struct Applications {
     #[serde(
-        rename = "versions__delta",
-        default,
-        deserialize_with = "lenient_string"
-    )]
-    pub versions_delta: Option<String>,
-    #[serde(
         rename = "apps__hashcode",
         default,
         deserialize_with = "lenient_string"
@@ -171,17 +165,17 @@ impl From<WireInstance> for InstanceInfo {
     }
 }
 
-/// Why an instance in an otherwise valid document cannot be indexed.
+/// Why an instance in an otherwise valid document cannot be indexed: what it lacks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unusable {
     #[error("it has no id (no instanceId, no AWS instance-id, no hostName)")]
-    NoId,
+    Id,
     #[error("it has no app name")]
-    NoApp,
+    App,
     #[error("neither ipAddr nor hostName is an IP address")]
-    NoAddress,
+    Address,
     #[error("its port is missing or not a port number")]
-    NoPort,
+    Port,
 }
 
 impl InstanceInfo {
@@ -215,10 +209,10 @@ impl InstanceInfo {
                     metadata: self.metadata,
                 });
             }
-            (None, ..) if self.id.is_none() => Unusable::NoId,
-            (None, ..) => Unusable::NoApp,
-            (Some(_), None, _) => Unusable::NoAddress,
-            (Some(_), Some(_), None) => Unusable::NoPort,
+            (None, ..) if self.id.is_none() => Unusable::Id,
+            (None, ..) => Unusable::App,
+            (Some(_), None, _) => Unusable::Address,
+            (Some(_), Some(_), None) => Unusable::Port,
         };
         Err(Unindexable {
             key,
@@ -346,7 +340,6 @@ mod tests {
     fn parses_the_jackson_codec_output() {
         let apps: ApplicationsEnvelope = serde_json::from_str(JACKSON).unwrap();
         let apps = apps.applications;
-        assert_eq!(apps.versions_delta.as_deref(), Some("1"));
         let mut infos = apps
             .application
             .into_iter()
@@ -421,18 +414,18 @@ mod tests {
         let body = r#"{"instance":{"instanceId":"x","app":"A","hostName":"db.internal","status":"UP","port":{"$":80}}}"#;
         let info: InstanceEnvelope = serde_json::from_str(body).unwrap();
         let unindexable = info.instance.into_instance("A").unwrap_err();
-        assert_eq!(unindexable.why, Unusable::NoAddress);
+        assert_eq!(unindexable.why, Unusable::Address);
         assert_eq!(unindexable.key.map(|k| k.instance_id), Some("x".into()));
         let body = r#"{"instance":{"instanceId":"x","app":"A","ipAddr":"10.0.0.1","status":"UP","port":{"$":"http"}}}"#;
         let info: InstanceEnvelope = serde_json::from_str(body).unwrap();
         assert_eq!(
             info.instance.into_instance("A").unwrap_err().why,
-            Unusable::NoPort
+            Unusable::Port
         );
         let body = r#"{"instance":{"app":"A","ipAddr":"10.0.0.1","status":"UP","port":{"$":80}}}"#;
         let info: InstanceEnvelope = serde_json::from_str(body).unwrap();
         let unindexable = info.instance.into_instance("A").unwrap_err();
-        assert_eq!((unindexable.why, unindexable.key), (Unusable::NoId, None));
+        assert_eq!((unindexable.why, unindexable.key), (Unusable::Id, None));
     }
 
     #[test]

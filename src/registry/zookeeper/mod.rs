@@ -27,6 +27,7 @@ use super::cache::{Change, InstanceCache};
 use super::{Registry, RegistryError, StatusChange};
 use crate::config::ZookeeperSettings;
 use crate::domain::{AppName, Instance, InstanceKey, PeerOutcome, PeerResult, Status};
+use crate::sync::lock;
 
 /// Znodes read at once during a scan.
 const SCAN_CONCURRENCY: usize = 32;
@@ -64,12 +65,6 @@ impl Znodes {
         self.path_of.remove(&key);
         Some(key)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn unreachable(e: zookeeper_client::Error) -> RegistryError {

@@ -1,0 +1,77 @@
+//! `[security]`: who may call the API.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, invalid, networks, redact};
+use crate::domain::policy::{ApiToken, CallerPolicy, TokenSet};
+
+/// A token of the reconciler's name would make a caller's operations look like its own.
+use crate::domain::operation::RECONCILER_PRINCIPAL as RESERVED_PRINCIPAL;
+
+#[derive(Debug, Clone)]
+pub struct SecuritySettings {
+    pub policy: CallerPolicy,
+    pub tokens: TokenSet,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecurity {
+    allow: Vec<String>,
+    deny: Vec<String>,
+    trusted_proxies: Vec<String>,
+    tokens: Vec<RawToken>,
+}
+
+/// A token is a bare secret (its principal is then `token-N`) or a named one.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum RawToken {
+    Secret(#[serde(serialize_with = "redact")] SecretString),
+    Named {
+        principal: String,
+        #[serde(serialize_with = "redact")]
+        token: SecretString,
+    },
+}
+
+impl RawSecurity {
+    pub(super) fn validate(self) -> Result<SecuritySettings, ConfigError> {
+        let policy = CallerPolicy::new(
+            networks("security.allow", &self.allow)?,
+            networks("security.deny", &self.deny)?,
+            networks("security.trusted_proxies", &self.trusted_proxies)?,
+        );
+        let mut tokens = Vec::with_capacity(self.tokens.len());
+        for (i, token) in self.tokens.into_iter().enumerate() {
+            let key = format!("security.tokens[{i}]");
+            let (principal, secret) = match token {
+                RawToken::Secret(secret) => (format!("token-{}", i + 1), secret),
+                RawToken::Named { principal, token } => (principal, token),
+            };
+            let secret = secret.expose_secret().trim();
+            // Short secrets are guessable; 16 characters is the floor for anything on a network.
+            if secret.len() < 16 {
+                return Err(invalid(key, "a token must be at least 16 characters"));
+            }
+            let principal = principal.trim();
+            if principal.is_empty() {
+                return Err(invalid(key, "a named token needs a non-empty principal"));
+            }
+            if principal.eq_ignore_ascii_case(RESERVED_PRINCIPAL) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "the principal '{RESERVED_PRINCIPAL}' is synchspeed's own; name the caller"
+                    ),
+                ));
+            }
+            tokens.push(ApiToken::new(principal, secret));
+        }
+        Ok(SecuritySettings {
+            policy,
+            tokens: TokenSet::new(tokens),
+        })
+    }
+}

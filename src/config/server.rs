@@ -1,0 +1,85 @@
+//! `[server]` and `[log]`: where the API listens and how the service logs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, duration, invalid};
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 beyond).
+    pub body_limit: usize,
+    /// How long shutdown waits for in-flight operations before it exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (for a terminal; coloured only there).
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `synchspeed=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    listen: String,
+    body_limit: usize,
+    shutdown_grace: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+impl RawServer {
+    pub(super) fn validate(self) -> Result<ServerSettings, ConfigError> {
+        let listen = self.listen.trim().parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "'{}' is not an address:port such as 0.0.0.0:8080",
+                    self.listen
+                ),
+            )
+        })?;
+        if self.body_limit == 0 {
+            return Err(invalid("server.body_limit", "must be at least 1 byte"));
+        }
+        Ok(ServerSettings {
+            listen,
+            body_limit: self.body_limit,
+            shutdown_grace: duration("server.shutdown_grace", &self.shutdown_grace)?,
+        })
+    }
+}
+
+impl RawLog {
+    pub(super) fn validate(self) -> Result<LogSettings, ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!("'{}' is not a log filter ({e})", self.level),
+            )
+        })?;
+        Ok(LogSettings {
+            format: self.format,
+            level: self.level,
+        })
+    }
+}

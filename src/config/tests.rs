@@ -1,0 +1,338 @@
+//! Settings: the layers, the defaults the README documents, errors that name the key,
+//! secrets that never show.
+
+use super::*;
+use std::net::IpAddr;
+
+#[test]
+fn the_demo_runs_without_a_registry_and_routes_its_group() {
+    let settings = Settings::from_toml(DEMO_TOML).unwrap();
+    assert_eq!(settings.registry.kind(), "file");
+    let app = AppName::parse("ORDER-SERVICE").unwrap();
+    assert_eq!(
+        settings.groups.routes[&app],
+        vec![AppName::parse("GATEWAY-PUBLIC").unwrap()]
+    );
+}
+
+fn allowed(settings: &Settings, addr: &str) -> bool {
+    let addr: IpAddr = addr.parse().unwrap();
+    settings.security.policy.check(addr).is_ok()
+}
+
+/// Every default of the README's configuration table, key by key, from a file that sets
+/// nothing: the defaults are the bottom layer of every configuration, not only the demo's.
+#[test]
+fn an_empty_file_yields_every_documented_default() {
+    let settings = Settings::from_toml("").unwrap();
+    let secs = Duration::from_secs;
+    let ms = Duration::from_millis;
+
+    assert_eq!(settings.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(settings.server.body_limit, 65536);
+    assert_eq!(settings.server.shutdown_grace, secs(30));
+    assert_eq!(settings.log.format, LogFormat::Human);
+    assert_eq!(settings.log.level, "info");
+
+    // security.allow: loopback; deny, trusted_proxies, tokens: none.
+    assert!(allowed(&settings, "127.0.0.1"));
+    assert!(allowed(&settings, "127.9.9.9"));
+    assert!(allowed(&settings, "::1"));
+    assert!(!allowed(&settings, "10.0.0.1"));
+    assert!(!settings.security.tokens.is_required());
+    assert_eq!(
+        settings
+            .security
+            .policy
+            .client_addr("127.0.0.1".parse().unwrap(), &["10.9.9.9"])
+            .unwrap(),
+        "127.0.0.1".parse::<IpAddr>().unwrap(),
+        "no proxy is trusted by default"
+    );
+
+    match &settings.registry {
+        RegistrySettings::File(file) => {
+            assert_eq!(file.path, std::path::PathBuf::from("config/instances.toml"));
+            assert_eq!(file.refresh, secs(5));
+        }
+        other => panic!("the default registry is the file, got {other:?}"),
+    }
+    assert!(settings.groups.routes.is_empty(), "no route by default");
+
+    let gateway = &settings.gateway;
+    assert_eq!(gateway.notifier, NotifierKind::Webhook);
+    assert!(gateway.group_notifiers.is_empty());
+    assert_eq!(gateway.path, "/synchspeed/v1/notify");
+    assert_eq!(gateway.timeout, secs(2));
+    assert_eq!(gateway.attempts, 3);
+    assert_eq!(gateway.backoff, ms(100));
+    assert_eq!(gateway.backoff_max, secs(2));
+    assert_eq!(gateway.concurrency, 256);
+    assert!(gateway.secret.is_none(), "no signature by default");
+    assert!(gateway.port_metadata_key.is_none());
+    assert!(gateway.nodes.is_empty());
+    let haproxy = &gateway.haproxy;
+    assert_eq!(haproxy.offline_state, HaproxyOfflineState::Drain);
+    assert!(!haproxy.wait_idle);
+    assert_eq!(haproxy.idle_timeout, secs(30));
+    assert_eq!(haproxy.idle_poll, ms(100));
+    assert_eq!(haproxy.warmup, None, "0s: no warm-up");
+    assert_eq!(haproxy.warmup_start_percent, 10);
+    assert_eq!(haproxy.warmup_steps, 10);
+
+    let drain = &settings.drain;
+    assert_eq!(drain.wait_timeout, secs(30));
+    assert_eq!(drain.wait_timeout_max, secs(300));
+    assert_eq!(drain.max_in_flight, 1024);
+    assert_eq!(drain.hold_max, secs(24 * 3600));
+    assert_eq!(drain.reconcile_every, secs(30));
+    assert_eq!(drain.retry_max, secs(300));
+    assert_eq!(drain.idempotency_ttl, secs(24 * 3600));
+
+    assert_eq!(settings.store.url.expose(), "sqlite://data/synchspeed.db");
+}
+
+/// The defaults of the other registry kinds, from a file that names only the kind (and, for
+/// Eureka, the one key without a default).
+#[test]
+fn each_registry_kind_has_its_documented_defaults() {
+    let eureka = Settings::from_toml(
+        "[registry]\nkind = \"eureka\"\n[registry.eureka]\nurls = [\"http://e:8761/eureka\"]",
+    )
+    .unwrap();
+    match &eureka.registry {
+        RegistrySettings::Eureka(e) => {
+            assert_eq!(e.refresh, Duration::from_secs(5));
+            assert_eq!(e.timeout, Duration::from_secs(3));
+        }
+        other => panic!("expected eureka, got {other:?}"),
+    }
+    assert_eq!(
+        error_key("[registry]\nkind = \"eureka\""),
+        "registry.eureka.urls",
+        "Eureka peers have no default"
+    );
+    let zookeeper = Settings::from_toml("[registry]\nkind = \"zookeeper\"").unwrap();
+    match &zookeeper.registry {
+        RegistrySettings::Zookeeper(z) => {
+            assert_eq!(z.connect, "127.0.0.1:2181");
+            assert_eq!(z.root, "/services");
+            assert_eq!(z.session_timeout, Duration::from_secs(10));
+            assert_eq!(z.timeout, Duration::from_secs(3));
+        }
+        other => panic!("expected zookeeper, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_file_replaces_lists_rather_than_adding_to_the_defaults() {
+    let settings = Settings::from_toml("[security]\nallow = [\"10.0.0.0/8\"]").unwrap();
+    assert!(allowed(&settings, "10.1.2.3"));
+    assert!(
+        !allowed(&settings, "127.0.0.1"),
+        "the default loopback entry must not survive an operator's own list"
+    );
+}
+
+const SECRETS: &str = "[security]\ntokens = [\"bare-secret-0123456789\", { principal = \"ci\", token = \"named-secret-0123456789\" }]\n\
+    [gateway]\nsecret = \"hmac-secret-0123456789\"\n\
+    [registry]\nkind = \"eureka\"\n[registry.eureka]\nurls = [\"http://user:url-password-0123@eureka:8761/eureka\"]\n\
+    [store]\nurl = \"sqlite://data/store.db\"";
+
+fn assert_no_secret(text: &str) {
+    for secret in [
+        "bare-secret-0123456789",
+        "named-secret-0123456789",
+        "hmac-secret-0123456789",
+        "url-password-0123",
+    ] {
+        assert!(!text.contains(secret), "{secret} shows in:\n{text}");
+    }
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let settings = Settings::from_toml(SECRETS).unwrap();
+    assert!(settings.gateway.secret.is_some());
+    let debug = format!("{settings:?}");
+    assert_no_secret(&debug);
+    assert!(
+        debug.contains("eureka:8761"),
+        "the rest of the URL shows: {debug}"
+    );
+    assert_eq!(
+        RedactedUrl::new("postgres://app:hunter2-password@db:5432/synchspeed").to_string(),
+        "postgres://app:***@db:5432/synchspeed"
+    );
+}
+
+#[test]
+fn the_effective_configuration_shows_every_layer_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synchspeed.toml");
+    std::fs::write(&path, SECRETS).unwrap();
+    let shown = Settings::effective_toml(Some(&path)).unwrap();
+    assert_no_secret(&shown);
+    let value: toml::Value = toml::from_str(&shown).unwrap();
+    // From the file.
+    assert_eq!(value["registry"]["kind"].as_str(), Some("eureka"));
+    assert_eq!(value["gateway"]["secret"].as_str(), Some(REDACTED));
+    assert_eq!(
+        value["security"]["tokens"][1]["principal"].as_str(),
+        Some("ci")
+    );
+    // From the defaults under it.
+    assert_eq!(value["drain"]["reconcile_every"].as_str(), Some("30s"));
+    assert_eq!(value["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
+    // What it shows is itself a configuration that loads (secrets aside).
+    assert!(shown.contains("[gateway.haproxy]"), "{shown}");
+}
+
+#[test]
+fn the_reconciler_principal_is_reserved() {
+    assert_eq!(
+        error_key(
+            "[security]\ntokens = [{ principal = \"synchspeed-reconciler\", token = \"0123456789abcdef\" }]"
+        ),
+        "security.tokens[0]"
+    );
+}
+
+fn error_key(text: &str) -> String {
+    match Settings::from_toml(text).unwrap_err() {
+        ConfigError::Invalid { key, .. } => key,
+        other => panic!("expected a key error, got {other}"),
+    }
+}
+
+#[test]
+fn errors_name_the_key() {
+    assert_eq!(
+        error_key("[security]\nallow = [\"10.0.0.0/33\"]"),
+        "security.allow[0]"
+    );
+    assert_eq!(
+        error_key("[gateway]\ntimeout = \"soon\""),
+        "gateway.timeout"
+    );
+    assert_eq!(error_key("[registry]\nkind = \"consul\""), "registry.kind");
+    assert_eq!(
+        error_key("[security]\ntokens = [\"short\"]"),
+        "security.tokens[0]"
+    );
+    assert_eq!(
+        error_key("[gateway.nodes]\nEDGE = [\"no-port\"]"),
+        "gateway.nodes.EDGE"
+    );
+}
+
+#[test]
+fn haproxy_groups_are_chosen_per_group_and_may_use_unix_sockets() {
+    let settings = Settings::from_toml(
+        "[gateway.group_notifiers]\n\"haproxy-edge\" = \"haproxy\"\n\
+         [gateway.nodes]\n\"HAPROXY-EDGE\" = [\"unix:/run/haproxy/admin.sock\", \"10.3.0.1:9999\"]\n\
+         [gateway.haproxy]\nstate = \"maint\"\nwarmup = \"30s\"",
+    )
+    .unwrap();
+    let gateway = &settings.gateway;
+    let edge = AppName::parse("HAPROXY-EDGE").unwrap();
+    assert_eq!(gateway.kind_of(&edge), NotifierKind::Haproxy);
+    assert_eq!(
+        gateway.kind_of(&AppName::parse("GATEWAY-PUBLIC").unwrap()),
+        NotifierKind::Webhook
+    );
+    assert_eq!(gateway.haproxy.offline_state, HaproxyOfflineState::Maint);
+    assert_eq!(gateway.haproxy.warmup, Some(Duration::from_secs(30)));
+    assert!(!gateway.haproxy.wait_idle, "off unless asked for");
+}
+
+#[test]
+fn zookeeper_settings_are_read_and_checked() {
+    let settings = Settings::from_toml(
+        "[registry]\nkind = \"zookeeper\"\n[registry.zookeeper]\nconnect = \"zk1:2181,zk2:2181\"\nroot = \"/services/\"",
+    )
+    .unwrap();
+    match &settings.registry {
+        RegistrySettings::Zookeeper(zookeeper) => {
+            assert_eq!(zookeeper.connect, "zk1:2181,zk2:2181");
+            assert_eq!(zookeeper.root, "/services", "a trailing slash is dropped");
+        }
+        other => panic!("expected zookeeper, got {other:?}"),
+    }
+    assert_eq!(
+        error_key("[registry]\nkind = \"zookeeper\"\n[registry.zookeeper]\nroot = \"services\""),
+        "registry.zookeeper.root"
+    );
+    assert_eq!(
+        error_key("[registry]\nkind = \"zookeeper\"\n[registry.zookeeper]\nconnect = \"zk1\""),
+        "registry.zookeeper.connect"
+    );
+}
+
+#[test]
+fn haproxy_settings_are_checked() {
+    // A Unix socket is a runtime-API address, not a webhook node.
+    assert_eq!(
+        error_key("[gateway.nodes]\nEDGE = [\"unix:/run/haproxy.sock\"]"),
+        "gateway.nodes.EDGE"
+    );
+    assert_eq!(
+        error_key("[gateway.group_notifiers]\nEDGE = \"nginx\""),
+        "gateway.group_notifiers.EDGE"
+    );
+    assert_eq!(
+        error_key("[gateway.haproxy]\nstate = \"off\""),
+        "gateway.haproxy.state"
+    );
+    assert_eq!(
+        error_key("[gateway.haproxy]\nwarmup_start_percent = 0"),
+        "gateway.haproxy.warmup_start_percent"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let err = Settings::from_toml("[server]\nlisten_on = \"0.0.0.0:1\"").unwrap_err();
+    assert!(err.to_string().contains("listen_on"), "{err}");
+}
+
+#[test]
+fn bare_addresses_are_single_host_ranges_and_tokens_name_principals() {
+    let settings = Settings::from_toml(
+        "[security]\nallow = [\"10.1.2.3\"]\ntokens = [\"0123456789abcdef\", {principal = \"ci\", token = \"fedcba9876543210\"}]",
+    )
+    .unwrap();
+    assert!(
+        settings
+            .security
+            .policy
+            .check("10.1.2.3".parse().unwrap())
+            .is_ok()
+    );
+    assert!(
+        settings
+            .security
+            .policy
+            .check("10.1.2.4".parse().unwrap())
+            .is_err()
+    );
+    assert_eq!(
+        settings.security.tokens.authenticate("0123456789abcdef"),
+        Some("token-1")
+    );
+    assert_eq!(
+        settings.security.tokens.authenticate("fedcba9876543210"),
+        Some("ci")
+    );
+}
+
+#[test]
+fn group_routes_are_canonical_app_names() {
+    let settings =
+        Settings::from_toml("[groups.static]\n\"order-service\" = [\"gateway-public\"]").unwrap();
+    let app = AppName::parse("ORDER-SERVICE").unwrap();
+    assert_eq!(
+        settings.groups.routes[&app],
+        vec![AppName::parse("GATEWAY-PUBLIC").unwrap()]
+    );
+}

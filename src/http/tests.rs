@@ -1,0 +1,206 @@
+//! The routes in process, with `tower::ServiceExt::oneshot` and a faked peer address: every
+//! failure becomes the one JSON envelope with its status and code, whatever layer refused it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::{AppState, router};
+use crate::config::Settings;
+use crate::domain::Status;
+use crate::telemetry::Metrics;
+use crate::testing::{Answer, Harness, MemoryRegistry, RecordingNotifier, harness};
+
+/// The router over the in-memory doubles, and the doubles.
+struct Served {
+    router: axum::Router,
+    registry: Arc<MemoryRegistry>,
+    notifier: Arc<RecordingNotifier>,
+    _dir: tempfile::TempDir,
+}
+
+/// The routes of the orchestrator `h`, with `security` as the `[security]` table, called
+/// from `peer`.
+fn serve(h: Harness, security: &str, peer: &str) -> Served {
+    let settings = Settings::from_toml(&format!("[security]\n{security}")).unwrap();
+    let state = AppState {
+        orchestrator: Arc::new(h.orchestrator),
+        security: Arc::new(settings.security),
+        metrics: Arc::new(Metrics::new()),
+        body_limit: settings.server.body_limit,
+    };
+    let peer: SocketAddr = peer.parse().unwrap();
+    Served {
+        router: router(state).layer(MockConnectInfo(peer)),
+        registry: h.registry,
+        notifier: h.notifier,
+        _dir: h._dir,
+    }
+}
+
+const LOOPBACK: &str = "allow = [\"127.0.0.0/8\"]";
+
+async fn call(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, json, headers)
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+#[tokio::test]
+async fn a_caller_outside_the_allowed_ranges_gets_403_in_the_envelope() {
+    let h = serve(harness().await, LOOPBACK, "10.9.9.9:40000");
+    let (status, body, headers) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(code(&body), "forbidden");
+    assert!(headers.contains_key("x-request-id"));
+    assert!(h.registry.writes().is_empty(), "nothing changed");
+}
+
+#[tokio::test]
+async fn tokens_are_required_when_configured() {
+    let security =
+        format!("{LOOPBACK}\ntokens = [{{ principal = \"ci\", token = \"0123456789abcdef\" }}]");
+    let h = serve(harness().await, &security, "127.0.0.1:40000");
+    let (status, body, headers) = call(&h.router, "GET", "/api/v1/offline", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(code(&body), "unauthorized");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, ..) = call(
+        &h.router,
+        "GET",
+        "/api/v1/offline",
+        Some("wrong-token-0123456"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, ..) = call(
+        &h.router,
+        "GET",
+        "/api/v1/offline",
+        Some("0123456789abcdef"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn each_failure_has_its_status_and_code() {
+    let h = serve(harness().await, LOOPBACK, "127.0.0.1:40000");
+    let (status, body, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.300/offline",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_ip")
+    );
+    let (status, body, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.99/offline",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "instance_not_found")
+    );
+    let (status, body, _) = call(&h.router, "GET", "/api/v1/nowhere", None).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::NOT_FOUND, "route_not_found")
+    );
+    let (status, body, _) = call(&h.router, "DELETE", "/api/v1/offline", None).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+
+    h.registry.answer("b", Answer::Refuse);
+    let (status, body, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_GATEWAY, "registry_refused")
+    );
+    assert_eq!(body["operation"]["state"], "failed", "{body}");
+    assert_eq!(body["operation"]["error"]["code"], "registry_refused");
+    assert_eq!(h.registry.status_of("a"), Status::Up, "put back");
+
+    h.registry.answer("b", Answer::TimedOut);
+    h.registry.answer("a", Answer::TimedOut);
+    let (status, body, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "registry_unavailable")
+    );
+    assert_eq!(body["operation"]["error"]["code"], "registry_unavailable");
+    assert!(
+        h.notifier.heard().is_empty(),
+        "no gateway was told anything"
+    );
+}
+
+#[tokio::test]
+async fn an_accepted_offline_names_its_operation_and_its_origin() {
+    let h = serve(harness().await, LOOPBACK, "127.0.0.1:40000");
+    let (status, body, headers) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.6/offline",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(headers["location"], format!("/api/v1/operations/{id}"));
+    assert_eq!(body["origin"], "api");
+    assert_eq!(body["caller"]["addr"], "127.0.0.1");
+}

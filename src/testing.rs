@@ -1,0 +1,260 @@
+//! Doubles for testing in process, without TCP: a registry in memory, a notifier that
+//! acknowledges and remembers, a group source whose database is down, and an orchestrator
+//! over them with a SQLite journal in a temporary folder.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::domain::{Action, AppName, Instance, OperationId, PeerOutcome, PeerResult, Status};
+use crate::drain::{Orchestrator, Parts};
+use crate::gateway::fanout::FanOut;
+use crate::gateway::nodes::NodeDirectory;
+use crate::gateway::{Delivery, GatewayNode, Notification, Notifier, Progress};
+use crate::groups::{GroupSource, GroupsError, StaticGroups};
+use crate::registry::{Registry, RegistryError, StatusChange};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::sync::lock;
+use crate::telemetry::Metrics;
+
+pub(crate) const APP: &str = "ORDER-SERVICE";
+pub(crate) const GROUP: &str = "GATEWAY-PUBLIC";
+pub(crate) const NODES: [&str; 2] = ["10.2.0.11:9000", "10.2.0.12:9000"];
+
+pub(crate) fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+pub(crate) fn app(name: &str) -> AppName {
+    AppName::parse(name).unwrap()
+}
+
+/// How the in-memory registry answers a write of one instance.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Accept,
+    Refuse,
+    TimedOut,
+}
+
+/// A registry in memory: its instances, how it answers each one's writes, and every write.
+#[derive(Default)]
+pub(crate) struct MemoryRegistry {
+    instances: Mutex<Vec<Instance>>,
+    answers: Mutex<BTreeMap<String, Answer>>,
+    writes: Mutex<Vec<(String, Status)>>,
+}
+
+impl MemoryRegistry {
+    pub(crate) fn with(instances: Vec<Instance>) -> Arc<Self> {
+        Arc::new(Self {
+            instances: Mutex::new(instances),
+            ..Self::default()
+        })
+    }
+
+    pub(crate) fn answer(&self, instance_id: &str, answer: Answer) {
+        lock(&self.answers).insert(instance_id.into(), answer);
+    }
+
+    pub(crate) fn writes(&self) -> Vec<(String, Status)> {
+        lock(&self.writes).clone()
+    }
+
+    pub(crate) fn status_of(&self, instance_id: &str) -> Status {
+        lock(&self.instances)
+            .iter()
+            .find(|i| &*i.instance_id == instance_id)
+            .map(|i| i.status)
+            .unwrap()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError> {
+        Ok(lock(&self.instances)
+            .iter()
+            .filter(|i| i.ip == ip)
+            .cloned()
+            .collect())
+    }
+
+    async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError> {
+        Ok(lock(&self.instances)
+            .iter()
+            .filter(|i| &i.app == app)
+            .cloned()
+            .collect())
+    }
+
+    async fn set_status(
+        &self,
+        instance: &Instance,
+        status: Status,
+    ) -> Result<StatusChange, RegistryError> {
+        let id = instance.instance_id.to_string();
+        lock(&self.writes).push((id.clone(), status));
+        let answer = lock(&self.answers)
+            .get(&id)
+            .copied()
+            .unwrap_or(Answer::Accept);
+        match answer {
+            Answer::Refuse => return Err(RegistryError::Refused("409 from the test".into())),
+            Answer::TimedOut => return Err(RegistryError::Unreachable("timed out".into())),
+            Answer::Accept => {}
+        }
+        for stored in lock(&self.instances).iter_mut() {
+            if stored.key() == instance.key() {
+                stored.status = status;
+            }
+        }
+        Ok(StatusChange {
+            peers: vec![PeerResult {
+                peer: "memory".into(),
+                outcome: PeerOutcome::Accepted,
+                verified_status: None,
+                error: None,
+            }],
+        })
+    }
+
+    async fn refresh(&self) -> Result<(), RegistryError> {
+        Ok(())
+    }
+
+    async fn readiness(&self) -> Result<(), RegistryError> {
+        Ok(())
+    }
+
+    async fn run(&self, shutdown: CancellationToken) {
+        shutdown.cancelled().await;
+    }
+}
+
+/// Acknowledges every notification and remembers who heard what.
+#[derive(Default)]
+pub(crate) struct RecordingNotifier {
+    heard: Mutex<Vec<(String, OperationId, Action)>>,
+}
+
+impl RecordingNotifier {
+    pub(crate) fn heard(&self) -> Vec<(String, OperationId, Action)> {
+        lock(&self.heard).clone()
+    }
+}
+
+#[async_trait]
+impl Notifier for RecordingNotifier {
+    async fn notify(
+        &self,
+        node: &GatewayNode,
+        notification: &Notification,
+        _progress: &Progress,
+    ) -> Delivery {
+        lock(&self.heard).push((
+            node.address.clone(),
+            notification.operation_id.clone(),
+            notification.event,
+        ));
+        Delivery {
+            acked: true,
+            attempts: 1,
+            elapsed: Duration::from_millis(1),
+            error: None,
+            haproxy: None,
+        }
+    }
+}
+
+/// A group source whose database is down.
+pub(crate) struct UnreachableGroups;
+
+#[async_trait]
+impl GroupSource for UnreachableGroups {
+    async fn groups_for(&self, _app: &AppName) -> Result<Vec<AppName>, GroupsError> {
+        Err(GroupsError::Unavailable("connection refused".into()))
+    }
+}
+
+pub(crate) fn instance(id: &str, at: &str, port: u16) -> Instance {
+    Instance {
+        app: app(APP),
+        instance_id: id.into(),
+        ip: ip(at),
+        port,
+        status: Status::Up,
+        registered_at: Some(1),
+        metadata: BTreeMap::new(),
+    }
+}
+
+/// Two instances of ORDER-SERVICE on 10.0.0.5, one on 10.0.0.6.
+pub(crate) fn fleet() -> Arc<MemoryRegistry> {
+    MemoryRegistry::with(vec![
+        instance("a", "10.0.0.5", 8080),
+        instance("b", "10.0.0.5", 8081),
+        instance("c", "10.0.0.6", 8080),
+    ])
+}
+
+pub(crate) struct Harness {
+    pub(crate) orchestrator: Orchestrator,
+    pub(crate) registry: Arc<MemoryRegistry>,
+    pub(crate) notifier: Arc<RecordingNotifier>,
+    pub(crate) store: Arc<SqliteStore>,
+    pub(crate) _dir: tempfile::TempDir,
+}
+
+pub(crate) async fn orchestrator_on(
+    registry: &Arc<MemoryRegistry>,
+    groups: Arc<dyn GroupSource>,
+    store: &Arc<SqliteStore>,
+    notifier: &Arc<RecordingNotifier>,
+) -> Orchestrator {
+    let settings = Settings::from_toml("").unwrap();
+    let as_registry: Arc<dyn Registry> = Arc::clone(registry) as Arc<dyn Registry>;
+    let nodes = BTreeMap::from([(app(GROUP), NODES.map(String::from).to_vec())]);
+    Orchestrator::open(Parts {
+        registry: Arc::clone(&as_registry),
+        groups,
+        nodes: NodeDirectory::new(nodes, as_registry, None),
+        fanout: FanOut::new(Arc::clone(notifier) as Arc<dyn Notifier>, 16),
+        store: Arc::clone(store) as Arc<dyn Store>,
+        metrics: Arc::new(Metrics::new()),
+        settings: settings.drain,
+    })
+    .await
+    .unwrap()
+}
+
+pub(crate) async fn harness_with(groups: Arc<dyn GroupSource>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("journal.db").display());
+    let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
+    let registry = fleet();
+    let notifier = Arc::new(RecordingNotifier::default());
+    let orchestrator = orchestrator_on(&registry, groups, &store, &notifier).await;
+    Harness {
+        orchestrator,
+        registry,
+        notifier,
+        store,
+        _dir: dir,
+    }
+}
+
+pub(crate) async fn harness() -> Harness {
+    let routes = BTreeMap::from([(app(APP), vec![app(GROUP)])]);
+    harness_with(Arc::new(StaticGroups::new(routes))).await
+}
