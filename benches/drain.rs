@@ -1,3 +1,5 @@
+//! One room past 500 lines: one benchmark run, its doubles and its report belong together.
+//!
 //! `cargo bench --bench drain`: how long an offline takes, side by side with the physical
 //! floor (one registry round trip, then every node concurrently on a warm pool) and with the
 //! sequential script it replaces; where the service spends an operation's time (its own

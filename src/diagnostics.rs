@@ -1,8 +1,9 @@
 //! Error text for logs and operation records, shared by every backend: an error with its
 //! causes on one line, and the printable start of a peer's answer.
 
-/// An error and its causes on one line (HTTP clients hide the useful part, such as
-/// "connection refused", in `source()`).
+/// An error and its causes on one line, for foreign errors that keep the useful part in
+/// `source()` (an HTTP client's "connection refused"). synchspeed's own errors say their
+/// cause in their message already, and keep it as `source()` for code that walks the chain.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -1,5 +1,6 @@
 //! Logs (tracing: human lines or one JSON object per line) and the Prometheus metrics registry.
 
+use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -19,7 +20,13 @@ pub fn init_tracing(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let colour = colour_wanted(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
     let _already_set = match settings.format {
         LogFormat::Json => builder
             .json()
@@ -29,6 +36,13 @@ pub fn init_tracing(settings: &LogSettings) {
             .try_init(),
         LogFormat::Human => builder.try_init(),
     };
+}
+
+/// Colour codes only where a person reads them: a terminal, unless `NO_COLOR` says otherwise
+/// (no-color.org: present and not empty). A container log, `journalctl` or a CI artefact gets
+/// plain text.
+fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -251,6 +265,21 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_against_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_wanted(true, None));
+        assert!(
+            !colour_wanted(false, None),
+            "a pipe or a file gets plain text"
+        );
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(
+            colour_wanted(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+    }
 
     #[test]
     fn each_step_is_counted_under_its_own_label() {

@@ -111,7 +111,7 @@ impl Registry for MemoryRegistry {
             .unwrap_or(Answer::Accept);
         match answer {
             Answer::Refuse => return Err(RegistryError::Refused("409 from the test".into())),
-            Answer::TimedOut => return Err(RegistryError::Unreachable("timed out".into())),
+            Answer::TimedOut => return Err(RegistryError::unreachable("timed out")),
             Answer::Accept => {}
         }
         for stored in lock(&self.instances).iter_mut() {

@@ -25,7 +25,7 @@ fn classify(failures: &[(Instance, RegistryError)]) -> FailureCode {
     let unreachable = failures.iter().all(|(_, e)| {
         matches!(
             e,
-            RegistryError::Unreachable(_) | RegistryError::NotReady(_)
+            RegistryError::Unreachable { .. } | RegistryError::NotReady(_)
         )
     });
     let gone = failures
@@ -83,7 +83,7 @@ impl Orchestrator {
                 }
                 Err(error) => {
                     record.registry = RegistryStep::Failed;
-                    record.error = Some(crate::diagnostics::error_chain(&error));
+                    record.error = Some(error.to_string());
                     failures.push((instance.clone(), error));
                 }
             }
@@ -102,7 +102,8 @@ impl Orchestrator {
             .map(|(record, instance)| {
                 record.registry == RegistryStep::Failed
                     && failures.iter().any(|(failed, e)| {
-                        failed.key() == instance.key() && matches!(e, RegistryError::Unreachable(_))
+                        failed.key() == instance.key()
+                            && matches!(e, RegistryError::Unreachable { .. })
                     })
             })
             .collect();
@@ -111,10 +112,7 @@ impl Orchestrator {
         let code = classify(&failures);
         let message = failures
             .iter()
-            .map(|(instance, e)| {
-                let cause = crate::diagnostics::error_chain(e);
-                format!("{} {}: {cause}", instance.app, instance.instance_id)
-            })
+            .map(|(instance, e)| format!("{} {}: {e}", instance.app, instance.instance_id))
             .collect::<Vec<_>>()
             .join("; ");
         operation.state = OperationState::Failed;
@@ -130,7 +128,7 @@ impl Orchestrator {
         let boxed = Box::new(operation.clone());
         Err(match code {
             FailureCode::RegistryUnavailable => DrainError::RegistryUnavailable {
-                message,
+                message: format!("the registry cannot be reached: {message}"),
                 operation: Some(boxed),
                 source: None,
             },

@@ -57,8 +57,8 @@ pub enum DrainError {
     #[error("synchspeed is shutting down")]
     ShuttingDown,
     /// Nothing could be looked up or written: no operation was recorded, or the recorded one
-    /// failed with nothing changed.
-    #[error("the registry cannot be reached: {message}")]
+    /// failed with nothing changed. `message` says what could not be reached.
+    #[error("{message}")]
     RegistryUnavailable {
         message: String,
         operation: Option<Box<Operation>>,
@@ -76,16 +76,16 @@ pub enum DrainError {
     IdempotencyKeyReused(String),
     #[error("a request with Idempotency-Key '{0}' is still being handled")]
     IdempotencyKeyInFlight(String),
-    #[error("the gateway groups cannot be looked up")]
+    #[error("the gateway groups cannot be looked up: {0}")]
     Groups(#[source] GroupsError),
-    #[error("the store failed")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl DrainError {
     pub(super) fn registry_unavailable(error: RegistryError) -> Self {
         DrainError::RegistryUnavailable {
-            message: crate::diagnostics::error_chain(&error),
+            message: error.to_string(),
             operation: None,
             source: Some(error),
         }

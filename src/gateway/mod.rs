@@ -30,7 +30,7 @@ pub struct GatewayNode {
     pub address: String,
 }
 
-/// What a node is told: the contract's notification body (`shared/spec/api.md` §3).
+/// What a node is told: the notification body (README, "For gateway implementers").
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {

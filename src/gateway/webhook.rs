@@ -1,4 +1,5 @@
-//! The `webhook` notifier: the contract's notification protocol (`shared/spec/api.md` §3).
+//! The `webhook` notifier: the notification protocol of the README's "For gateway
+//! implementers".
 //!
 //! A 2xx is an acknowledgement; 408, 429, 5xx, a timeout or a refused connection is retried
 //! with exponential backoff and jitter up to `attempts`; any other answer fails the node at

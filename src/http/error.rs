@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::diagnostics::error_chain;
 use crate::domain::FailureCode;
 use crate::domain::{Operation, OperationState};
 use crate::drain::{DrainError, DrainOutcome, NotReady};
@@ -144,7 +143,7 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::Internal(error_chain(&error))
+        ApiError::Internal(error.to_string())
     }
 }
 
@@ -156,7 +155,7 @@ impl From<NotReady> for ApiError {
         };
         ApiError::Unavailable {
             code,
-            message: error_chain(&error),
+            message: error.to_string(),
             operation: None,
         }
     }
@@ -181,9 +180,7 @@ impl From<DrainError> for ApiError {
                 message, operation, ..
             } => ApiError::Unavailable {
                 code: "registry_unavailable",
-                message: format!(
-                    "the registry cannot be reached: {message}; nothing was changed and no gateway was told"
-                ),
+                message: format!("{message}; nothing was changed and no gateway was told"),
                 operation,
             },
             DrainError::RegistryRefused { message, operation } => ApiError::RegistryRefused {
@@ -200,10 +197,10 @@ impl From<DrainError> for ApiError {
             },
             DrainError::Groups(e) => ApiError::Unavailable {
                 code: "groups_unavailable",
-                message: format!("{}; nothing was changed", error_chain(&e)),
+                message: format!("{e}; nothing was changed"),
                 operation: None,
             },
-            DrainError::Store(e) => ApiError::Internal(error_chain(&e)),
+            DrainError::Store(e) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -38,16 +38,25 @@ struct FileInstance {
     metadata: BTreeMap<String, String>,
 }
 
+/// Why the instances file cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum DocumentError {
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("instance[{index}]: {what}")]
+    Entry { index: usize, what: String },
+}
+
 /// Parses the file's text into instances (status UP until the store says otherwise).
-fn parse_document(text: &str) -> Result<Vec<Instance>, String> {
-    let document: FileDocument = toml::from_str(text).map_err(|e| e.to_string())?;
+fn parse_document(text: &str) -> Result<Vec<Instance>, DocumentError> {
+    let document: FileDocument = toml::from_str(text)?;
     let mut seen = HashSet::new();
     document
         .instances
         .into_iter()
         .enumerate()
         .map(|(i, entry)| {
-            let at = |what: String| format!("instance[{i}]: {what}");
+            let at = |what: String| DocumentError::Entry { index: i, what };
             let app =
                 AppName::parse(&entry.app).map_err(|e| at(format!("app '{}': {e}", entry.app)))?;
             let ip = parse_ip(&entry.ip).map_err(|e| at(e.to_string()))?;
@@ -142,15 +151,15 @@ impl FileRegistry {
 
     async fn read_file(&self) -> Result<usize, RegistryError> {
         let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
-            RegistryError::Unreachable(format!("cannot read {}: {e}", self.path.display()))
+            RegistryError::unreachable_by(format_args!("cannot read {}", self.path.display()), e)
         })?;
         let mut instances = parse_document(&text)
-            .map_err(|e| RegistryError::Malformed(format!("{}: {e}", self.path.display())))?;
+            .map_err(|e| RegistryError::malformed_by(self.path.display(), e))?;
         let statuses = self
             .store
             .file_statuses()
             .await
-            .map_err(|e| RegistryError::Unreachable(format!("statuses: {e}")))?;
+            .map_err(|e| RegistryError::unreachable_by("statuses", e))?;
         for instance in &mut instances {
             if let Some(status) = statuses.get(&instance.key()) {
                 instance.status = *status;
@@ -192,7 +201,7 @@ impl Registry for FileRegistry {
         self.store
             .set_file_status(&key, status)
             .await
-            .map_err(|e| RegistryError::Unreachable(e.to_string()))?;
+            .map_err(|e| RegistryError::unreachable_by("the store", e))?;
         self.cache.set_status(&key, status);
         Ok(StatusChange {
             peers: vec![PeerResult {
@@ -211,7 +220,7 @@ impl Registry for FileRegistry {
     async fn readiness(&self) -> Result<(), RegistryError> {
         match self.state().last_error.clone() {
             None => Ok(()),
-            Some(error) => Err(RegistryError::Malformed(error)),
+            Some(error) => Err(RegistryError::malformed(error)),
         }
     }
 
@@ -246,10 +255,12 @@ mod tests {
     #[test]
     fn bad_entries_name_their_position() {
         let err = parse_document("[[instance]]\napp = \"A\"\nip = \"10.0.0.5\"\nport = 1\n[[instance]]\napp = \"B\"\nip = \"nope\"\nport = 1\n")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("instance[1]"), "{err}");
         let err = parse_document("[[instance]]\napp = \"A\"\nip = \"10.0.0.5\"\nport = 1\n[[instance]]\napp = \"a\"\nip = \"10.0.0.5\"\nport = 1\n")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listed twice"), "{err}");
     }
 

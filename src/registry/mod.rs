@@ -17,20 +17,70 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{AppName, Instance, InstanceKey, PeerResult, Status};
 
+/// The error underneath a registry error, kept for code that walks `source()`.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a registry call failed. `Unreachable` means nothing answered: the change was not made
-/// anywhere, and it is worth trying again later.
+/// anywhere, and it is worth trying again later. Each message says its cause already; the
+/// cause itself is kept as the `source()` where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("the registry cannot be reached: {0}")]
-    Unreachable(String),
+    #[error("the registry cannot be reached: {detail}")]
+    Unreachable {
+        detail: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     #[error("the registry refused the change: {0}")]
     Refused(String),
     #[error("the registry does not know the instance")]
     NotFound,
-    #[error("the registry answered something that does not parse: {0}")]
-    Malformed(String),
+    #[error("the registry answered something that does not parse: {detail}")]
+    Malformed {
+        detail: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     #[error("the registry cache is not loaded yet: {0}")]
     NotReady(String),
+}
+
+impl RegistryError {
+    pub fn unreachable(detail: impl Into<String>) -> Self {
+        RegistryError::Unreachable {
+            detail: detail.into(),
+            cause: None,
+        }
+    }
+
+    /// Unreachable because of `cause`, said after `context`.
+    pub fn unreachable_by(
+        context: impl std::fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        RegistryError::Unreachable {
+            detail: format!("{context}: {cause}"),
+            cause: Some(Box::new(cause)),
+        }
+    }
+
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        RegistryError::Malformed {
+            detail: detail.into(),
+            cause: None,
+        }
+    }
+
+    /// Malformed because of `cause`, said after `context`.
+    pub fn malformed_by(
+        context: impl std::fmt::Display,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        RegistryError::Malformed {
+            detail: format!("{context}: {cause}"),
+            cause: Some(Box::new(cause)),
+        }
+    }
 }
 
 /// What one authority says of one registration right now.

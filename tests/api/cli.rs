@@ -114,3 +114,113 @@ fn json_logs_are_one_object_per_line_and_sigterm_stops_cleanly() {
         "{rest:?}"
     );
 }
+
+/// A configuration holding every kind of secret synchspeed takes.
+const SECRETS: &str = r#"
+[security]
+tokens = [{ principal = "ci", token = "token-secret-0123456789" }]
+[gateway]
+secret = "hmac-secret-0123456789"
+[registry]
+kind = "eureka"
+[registry.eureka]
+urls = ["http://user:url-password-0123@127.0.0.1:9/eureka"]
+refresh = "100ms"
+timeout = "100ms"
+"#;
+
+fn assert_no_secret(text: &str) {
+    for secret in [
+        "token-secret-0123456789",
+        "hmac-secret-0123456789",
+        "url-password-0123",
+    ] {
+        assert!(!text.contains(secret), "{secret} shows in:\n{text}");
+    }
+}
+
+#[test]
+fn check_config_prints_what_the_layers_produce_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synchspeed.toml");
+    std::fs::write(&path, SECRETS).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_synchspeed"))
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .env("SYNCHSPEED__DRAIN__RECONCILE_EVERY", "7s")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_no_secret(&stdout);
+    let effective: toml::Value = toml::from_str(&stdout).unwrap();
+    assert_eq!(
+        effective["registry"]["kind"].as_str(),
+        Some("eureka"),
+        "the file"
+    );
+    assert_eq!(
+        effective["drain"]["reconcile_every"].as_str(),
+        Some("7s"),
+        "the environment over the file"
+    );
+    assert_eq!(
+        effective["server"]["listen"].as_str(),
+        Some("0.0.0.0:8080"),
+        "the defaults under both"
+    );
+    assert_eq!(
+        effective["registry"]["eureka"]["urls"][0].as_str(),
+        Some("http://user:***@127.0.0.1:9/eureka")
+    );
+}
+
+#[test]
+fn human_logs_to_a_pipe_are_plain_text_and_hold_no_secret() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("synchspeed.toml");
+    std::fs::write(&path, SECRETS).unwrap();
+    let store = format!("sqlite://{}/s.db", dir.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synchspeed"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("SYNCHSPEED__SERVER__LISTEN", "127.0.0.1:0")
+        .env("SYNCHSPEED__STORE__URL", &store)
+        .env("SYNCHSPEED__LOG__LEVEL", "info,synchspeed=debug")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Up to the serving line, and on until the unreachable peer was reported: the lines
+    // most likely to print a peer's URL.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let reported = line.contains("127.0.0.1:9")
+            && seen
+                .iter()
+                .any(|l: &String| l.contains("synchspeed serving"));
+        seen.push(line);
+        // Bounded: the peer fails every 100 ms, so it shows long before this many lines.
+        if reported || seen.len() > 500 {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    seen.extend(lines.map_while(Result::ok));
+    let text = seen.join("\n");
+    assert!(text.contains("synchspeed serving"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes outside a terminal:\n{text}"
+    );
+    assert_no_secret(&text);
+}

@@ -1,5 +1,5 @@
 //! The core flow: registry first, then every gateway node, with every outcome the contract
-//! names.
+//! names. One room past 500 lines: every test is a case of the same flow, on the same helpers.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,7 @@
-//! A Eureka server double, written from `shared/protocols/registries.md` §1 (which cites
-//! Netflix/eureka's `InstanceResource`, `ApplicationResource`, `ApplicationsResource`,
-//! `AbstractInstanceRegistry` and the JSON codecs). Quirks it reproduces:
+//! A Eureka server double, written from Netflix/eureka's `InstanceResource`,
+//! `ApplicationResource`, `ApplicationsResource`, `AbstractInstanceRegistry` and the JSON
+//! codecs. One room past 500 lines: it is one server, and its quirks share its state.
+//! Quirks it reproduces:
 //!
 //! * `{APP}` is upper-cased (case-insensitive); `{id}` is case-sensitive;
 //! * PUT status: 404 for an unknown instance, 500 for a `value` that is not an exact enum

@@ -1,4 +1,4 @@
-//! Gateway node fakes speaking the notification protocol (`shared/spec/api.md` §3): they
+//! Gateway node fakes speaking the notification protocol (README, "For gateway implementers"): they
 //! record what they receive and answer as told: acknowledge, fail, fail a few times, hang.
 
 use std::net::SocketAddr;

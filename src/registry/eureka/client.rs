@@ -1,4 +1,5 @@
-//! Eureka's REST calls, one peer at a time (`shared/protocols/registries.md` §1.2, §1.10).
+//! Eureka's REST calls, one peer at a time (the endpoints of Netflix/eureka's
+//! `InstanceResource`, `ApplicationResource` and `ApplicationsResource`).
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The Eureka backend: a local copy of the registry kept fresh with deltas, and status writes
-//! to every peer (`shared/protocols/registries.md` §1).
+//! to every peer (Netflix/eureka's `DiscoveryClient` delta protocol, and
+//! `InstanceResource.statusUpdate` on each peer).
 
 mod client;
 pub mod model;
@@ -79,9 +80,9 @@ impl EurekaRegistry {
             .all(|e| matches!(e, PeerError::Malformed { .. }))
             && !errors.is_empty()
         {
-            RegistryError::Malformed(text)
+            RegistryError::malformed(text)
         } else {
-            RegistryError::Unreachable(text)
+            RegistryError::unreachable(text)
         }
     }
 
@@ -295,7 +296,7 @@ fn aggregate(peers: Vec<PeerResult>) -> Result<StatusChange, RegistryError> {
     } else if peers.iter().any(|p| p.outcome == PeerOutcome::Refused) {
         Err(RegistryError::Refused(text))
     } else {
-        Err(RegistryError::Unreachable(text))
+        Err(RegistryError::unreachable(text))
     }
 }
 
@@ -391,7 +392,7 @@ impl Registry for EurekaRegistry {
         let _wait = self.refreshing.lock().await;
         match self.mirror().last_error.clone() {
             None => Ok(()),
-            Some(error) => Err(RegistryError::Unreachable(error)),
+            Some(error) => Err(RegistryError::unreachable(error)),
         }
     }
 
@@ -399,7 +400,7 @@ impl Registry for EurekaRegistry {
         let mirror = self.mirror();
         match (&mirror.last_error, self.cache.is_loaded()) {
             (None, true) => Ok(()),
-            (Some(error), _) => Err(RegistryError::Unreachable(error.clone())),
+            (Some(error), _) => Err(RegistryError::unreachable(error.clone())),
             (None, false) => Err(RegistryError::NotReady(
                 "the first fetch has not finished".into(),
             )),
@@ -479,7 +480,7 @@ mod tests {
                 peer(PeerOutcome::Unreachable),
                 peer(PeerOutcome::NotFound)
             ]),
-            Err(RegistryError::Unreachable(_))
+            Err(RegistryError::Unreachable { .. })
         ));
     }
 }

@@ -1,5 +1,6 @@
-//! Eureka's JSON, with every quirk its codecs produce (`shared/protocols/registries.md` §1.7,
-//! from `EurekaJacksonCodec` and `InstanceInfoSerializer` in Netflix/eureka):
+//! Eureka's JSON, with every quirk its codecs produce (`EurekaJacksonCodec` and
+//! `InstanceInfoSerializer` in Netflix/eureka; Spring Cloud's `CloudJacksonJson` has the same
+//! shape):
 //!
 //! * `application` and `instance` are arrays from the Jackson codecs but a bare object from the
 //!   legacy XStream/Jettison ones (one-element lists), and may be missing (empty registry);

@@ -1,5 +1,5 @@
 //! The `zookeeper` registry kind: Spring Cloud Zookeeper instances, registered by Curator's
-//! ServiceDiscovery under `{root}/{service}/{id}` (`shared/protocols/registries.md` §2).
+//! ServiceDiscovery under `{root}/{service}/{id}` (Curator's `ServiceDiscoveryImpl`).
 //!
 //! The cache is filled by one scan of the root and then kept current by a persistent recursive
 //! watch on it: every created, changed or deleted znode is re-read, and nothing polls the tree.
@@ -67,8 +67,42 @@ impl Znodes {
     }
 }
 
+/// Why a session with the ensemble ended (then it is started again).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect to {connect}: {source}")]
+    Connect {
+        connect: String,
+        #[source]
+        source: zookeeper_client::Error,
+    },
+    #[error("cannot watch {root}: {source}")]
+    Watch {
+        root: String,
+        #[source]
+        source: zookeeper_client::Error,
+    },
+    #[error("cannot scan {root}: {source}")]
+    Scan {
+        root: String,
+        #[source]
+        source: zookeeper_client::Error,
+    },
+    #[error("ZooKeeper session ended ({0})")]
+    Ended(String),
+}
+
+/// Why an instance's address names no IP.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("{0}")]
+    Lookup(#[from] std::io::Error),
+    #[error("no address")]
+    NoAddress,
+}
+
 fn unreachable(e: zookeeper_client::Error) -> RegistryError {
-    RegistryError::Unreachable(format!("ZooKeeper: {e}"))
+    RegistryError::unreachable_by("ZooKeeper", e)
 }
 
 impl ZookeeperRegistry {
@@ -86,7 +120,7 @@ impl ZookeeperRegistry {
     fn client(&self) -> Result<Client, RegistryError> {
         lock(&self.client)
             .clone()
-            .ok_or_else(|| RegistryError::Unreachable("not connected to ZooKeeper".into()))
+            .ok_or_else(|| RegistryError::unreachable("not connected to ZooKeeper"))
     }
 
     fn set_trouble(&self, trouble: Option<String>) {
@@ -238,7 +272,11 @@ impl ZookeeperRegistry {
     }
 
     /// One session: watch, scan, then follow events until the session ends or `shutdown`.
-    async fn follow(&self, client: &Client, shutdown: &CancellationToken) -> Result<(), String> {
+    async fn follow(
+        &self,
+        client: &Client,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
         let mut states = client.state_watcher();
         let mut watcher = self.watch_and_scan(client).await?;
         let mut disconnected = false;
@@ -263,7 +301,7 @@ impl ZookeeperRegistry {
                         }
                     }
                     // A terminal state: the session is gone, and this watcher with it.
-                    state => return Err(format!("ZooKeeper session ended ({state:?})")),
+                    state => return Err(SessionError::Ended(format!("{state:?}"))),
                 },
                 event = watcher.changed() => match event.event_type {
                     EventType::NodeCreated | EventType::NodeDataChanged => {
@@ -273,7 +311,7 @@ impl ZookeeperRegistry {
                     // Session states arrive through `states` above.
                     EventType::Session | EventType::NodeChildrenChanged => {
                         if event.session_state.is_terminated() {
-                            return Err(format!("ZooKeeper session ended ({:?})", event.session_state));
+                            return Err(SessionError::Ended(format!("{:?}", event.session_state)));
                         }
                     }
                 },
@@ -283,15 +321,22 @@ impl ZookeeperRegistry {
 
     /// Sets the persistent recursive watch on the root, then scans it: in that order, so no
     /// change between the two is missed.
-    async fn watch_and_scan(&self, client: &Client) -> Result<PersistentWatcher, String> {
+    async fn watch_and_scan(&self, client: &Client) -> Result<PersistentWatcher, SessionError> {
+        let root = &self.settings.root;
         let watcher = self
-            .call(client.watch(&self.settings.root, AddWatchMode::PersistentRecursive))
+            .call(client.watch(root, AddWatchMode::PersistentRecursive))
             .await
-            .map_err(|e| format!("cannot watch {}: {e}", self.settings.root))?;
+            .map_err(|source| SessionError::Watch {
+                root: root.clone(),
+                source,
+            })?;
         let count = self
             .scan(client)
             .await
-            .map_err(|e| format!("cannot scan {}: {e}", self.settings.root))?;
+            .map_err(|source| SessionError::Scan {
+                root: root.clone(),
+                source,
+            })?;
         info!(instances = count, root = %self.settings.root, "ZooKeeper registry loaded");
         self.set_trouble(None);
         Ok(watcher)
@@ -300,14 +345,13 @@ impl ZookeeperRegistry {
 
 /// An instance's IP: its `address` when that is one, else the host name resolved (IPv4
 /// preferred, as Spring registers and gateways connect).
-async fn resolve(registration: &Registration) -> Result<IpAddr, String> {
+async fn resolve(registration: &Registration) -> Result<IpAddr, ResolveError> {
     if let Ok(ip) = crate::domain::ip::parse_ip(&registration.address) {
         return Ok(ip);
     }
     let addresses: Vec<IpAddr> =
         tokio::net::lookup_host((registration.address.as_str(), registration.port))
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .map(|socket| crate::domain::ip::canonical(socket.ip()))
             .collect();
     addresses
@@ -315,7 +359,7 @@ async fn resolve(registration: &Registration) -> Result<IpAddr, String> {
         .find(|ip| ip.is_ipv4())
         .or_else(|| addresses.first())
         .copied()
-        .ok_or_else(|| "no address".to_owned())
+        .ok_or(ResolveError::NoAddress)
 }
 
 #[async_trait]
@@ -361,8 +405,8 @@ impl Registry for ZookeeperRegistry {
                 Err(e) => return Err(unreachable(e)),
             };
             let current = model::parse(&data)
-                .map_err(|reason| RegistryError::Malformed(format!("{path}: {reason}")))?
-                .ok_or_else(|| RegistryError::Malformed(format!("{path} has no data")))?;
+                .map_err(|reason| RegistryError::malformed_by(&path, reason))?
+                .ok_or_else(|| RegistryError::malformed(format!("{path} has no data")))?;
             if *current.id != *instance.instance_id
                 || (instance.registered_at.is_some()
                     && current.registered_at != instance.registered_at)
@@ -372,7 +416,7 @@ impl Registry for ZookeeperRegistry {
                 )));
             }
             let rewritten = model::with_status(&data, status)
-                .map_err(|reason| RegistryError::Malformed(format!("{path}: {reason}")))?;
+                .map_err(|reason| RegistryError::malformed_by(&path, reason))?;
             match self
                 .call(client.set_data(&path, &rewritten, Some(stat.version)))
                 .await
@@ -412,7 +456,7 @@ impl Registry for ZookeeperRegistry {
     async fn readiness(&self) -> Result<(), RegistryError> {
         match lock(&self.trouble).clone() {
             None => Ok(()),
-            Some(reason) => Err(RegistryError::Unreachable(reason)),
+            Some(reason) => Err(RegistryError::unreachable(reason)),
         }
     }
 
@@ -437,11 +481,14 @@ impl Registry for ZookeeperRegistry {
                     pause = Duration::from_millis(200);
                     self.follow(&client, &shutdown).await
                 }
-                Err(e) => Err(format!("cannot connect to {}: {e}", self.settings.connect)),
+                Err(source) => Err(SessionError::Connect {
+                    connect: self.settings.connect.clone(),
+                    source,
+                }),
             };
             if let Err(reason) = outcome {
                 warn!("{reason}; retrying in {pause:?}");
-                self.set_trouble(Some(reason));
+                self.set_trouble(Some(reason.to_string()));
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(pause) => {}

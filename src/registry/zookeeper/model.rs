@@ -1,5 +1,6 @@
 //! The znode Spring Cloud Zookeeper writes through Curator's ServiceDiscovery
-//! (`shared/protocols/registries.md` §2.1), read and rewritten without losing anything.
+//! (Curator's `JsonInstanceSerializer` writing Spring Cloud Zookeeper's `ZookeeperInstance`
+//! payload), read and rewritten without losing anything.
 //!
 //! The document is kept as generic JSON so that a rewrite changes
 //! `payload.metadata.instance_status` and nothing else: `payload."@class"` above all, without
@@ -30,30 +31,44 @@ pub struct Registration {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Why a znode's data is not a Curator service instance this code can read or rewrite.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("not valid JSON ({0})")]
+    Json(#[from] serde_json::Error),
+    #[error("not a JSON object, so not a Curator service instance")]
+    NotAnObject,
+    #[error("no `{0}`: not a Curator service instance")]
+    Missing(&'static str),
+    #[error("no usable `port`")]
+    Port,
+    #[error("no `payload` object to keep the status in")]
+    NoPayload,
+    #[error("`payload.metadata` is not an object")]
+    MetadataNotAnObject,
+}
+
 /// Reads a znode's data. `Ok(None)`: no data at all (a service's parent node).
-pub fn parse(data: &[u8]) -> Result<Option<Registration>, String> {
+pub fn parse(data: &[u8]) -> Result<Option<Registration>, ModelError> {
     if data.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let document: Value =
-        serde_json::from_slice(data).map_err(|e| format!("not valid JSON ({e})"))?;
-    let object = document
-        .as_object()
-        .ok_or("not a JSON object, so not a Curator service instance")?;
-    let text = |field: &str| {
+    let document: Value = serde_json::from_slice(data)?;
+    let object = document.as_object().ok_or(ModelError::NotAnObject)?;
+    let text = |field: &'static str| {
         object
             .get(field)
             .and_then(Value::as_str)
             .filter(|value| !value.trim().is_empty())
             .map(str::to_owned)
-            .ok_or_else(|| format!("no `{field}`: not a Curator service instance"))
+            .ok_or(ModelError::Missing(field))
     };
     let port = object
         .get("port")
         .and_then(Value::as_u64)
         .and_then(|port| u16::try_from(port).ok())
         .filter(|port| *port != 0)
-        .ok_or("no usable `port`")?;
+        .ok_or(ModelError::Port)?;
     let metadata: BTreeMap<String, String> = object
         .get("payload")
         .and_then(|payload| payload.get("metadata"))
@@ -83,13 +98,12 @@ pub fn parse(data: &[u8]) -> Result<Option<Registration>, String> {
 
 /// The same document with `payload.metadata.instance_status` set to `status`, every other
 /// byte's meaning and every field's order kept. Refuses a document it cannot change safely.
-pub fn with_status(data: &[u8], status: Status) -> Result<Vec<u8>, String> {
-    let mut document: Value =
-        serde_json::from_slice(data).map_err(|e| format!("not valid JSON ({e})"))?;
+pub fn with_status(data: &[u8], status: Status) -> Result<Vec<u8>, ModelError> {
+    let mut document: Value = serde_json::from_slice(data)?;
     let payload = document
         .get_mut("payload")
         .and_then(Value::as_object_mut)
-        .ok_or("no `payload` object to keep the status in")?;
+        .ok_or(ModelError::NoPayload)?;
     let metadata = payload
         .entry("metadata")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -98,9 +112,9 @@ pub fn with_status(data: &[u8], status: Status) -> Result<Vec<u8>, String> {
     }
     let metadata = metadata
         .as_object_mut()
-        .ok_or("`payload.metadata` is not an object")?;
+        .ok_or(ModelError::MetadataNotAnObject)?;
     metadata.insert(STATUS_KEY.into(), Value::String(status.as_str().into()));
-    serde_json::to_vec(&document).map_err(|e| format!("cannot serialize ({e})"))
+    Ok(serde_json::to_vec(&document)?)
 }
 
 #[cfg(test)]
@@ -147,7 +161,12 @@ mod tests {
     #[test]
     fn broken_znodes_are_refused_not_guessed() {
         assert_eq!(parse(b"").unwrap(), None, "a service's parent node");
-        assert!(parse(b"{\"name\":").unwrap_err().contains("not valid JSON"));
+        assert!(
+            parse(b"{\"name\":")
+                .unwrap_err()
+                .to_string()
+                .contains("not valid JSON")
+        );
         assert!(parse(b"[1,2]").is_err());
         assert!(parse(br#"{"name":"a","id":"1","address":"h"}"#).is_err());
         assert!(with_status(br#"{"name":"a","payload":"text"}"#, Status::Up).is_err());
