@@ -5,6 +5,7 @@
 //! becomes IPv4), a [`policy::CallerPolicy`] fails closed.
 
 pub mod app;
+pub mod haproxy_detail;
 pub mod hold;
 pub mod instance;
 pub mod ip;

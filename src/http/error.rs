@@ -171,9 +171,8 @@ impl From<DrainError> for ApiError {
             DrainError::Busy => ApiError::TooManyRequests { retry_after: 1 },
             DrainError::ShuttingDown => ApiError::Unavailable {
                 code: "shutting_down",
-                message:
-                    "synchspeed is shutting down; send the request to another replica or retry"
-                        .into(),
+                // One replica is what runs today: there is no other to send it to.
+                message: "synchspeed is shutting down; retry once it is back (GET /readyz)".into(),
                 operation: None,
             },
             DrainError::RegistryUnavailable {
