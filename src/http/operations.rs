@@ -125,6 +125,24 @@ pub struct BatchRequest {
     pub force: Option<bool>,
 }
 
+/// The options of a batch that may also be given in the query string, with the same meaning
+/// as in the body (the body wins), as on the instance calls.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BatchQuery {
+    /// Free text for the audit trail.
+    pub reason: Option<String>,
+    /// Hold the response until every gateway node acknowledged, or `timeout` elapsed.
+    pub wait: Option<bool>,
+    /// With `wait`: a duration such as `10s`.
+    pub timeout: Option<String>,
+    /// Resolve and return the plan, change nothing.
+    pub dry_run: Option<bool>,
+    /// Offline of instances already held: do it all again.
+    pub force: Option<bool>,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchTarget {
@@ -139,6 +157,7 @@ pub struct BatchTarget {
     post,
     path = "/api/v1/operations",
     tag = "operations",
+    params(BatchQuery),
     request_body = BatchRequest,
     responses(
         (status = 200, body = Operation), (status = 202, body = Operation),
@@ -151,9 +170,11 @@ pub async fn post_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
+    RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = options::idempotency_key(&headers)?;
+    let query: BatchQuery = options::query_options(query.as_deref())?;
     let batch: BatchRequest = json_body(body, state.body_limit)?
         .ok_or_else(|| ApiError::bad_request("invalid_json", "a batch needs a JSON body"))?;
     if batch.targets.is_empty() || batch.targets.len() > MAX_TARGETS {
@@ -190,12 +211,16 @@ pub async fn post_batch(
     let request = DrainRequest {
         action: batch.action,
         targets,
-        reason: options::reason(batch.reason)?,
+        reason: options::reason(batch.reason.or(query.reason))?,
         caller,
         origin: Origin::Api,
-        dry_run: batch.dry_run.unwrap_or(false),
-        wait: options::wait(batch.wait, batch.timeout, orchestrator.settings())?,
-        force: batch.force.unwrap_or(false),
+        dry_run: batch.dry_run.or(query.dry_run).unwrap_or(false),
+        wait: options::wait(
+            batch.wait.or(query.wait),
+            batch.timeout.or(query.timeout),
+            orchestrator.settings(),
+        )?,
+        force: batch.force.or(query.force).unwrap_or(false),
         idempotency_key,
     };
     Ok(outcome_response(orchestrator.execute(request).await?))

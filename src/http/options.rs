@@ -52,17 +52,24 @@ impl InstanceOptions {
     }
 }
 
+/// Options given in a query string; an unknown one is a 400, on every route alike.
+pub fn query_options<T: serde::de::DeserializeOwned + Default>(
+    query: Option<&str>,
+) -> Result<T, ApiError> {
+    match query.filter(|q| !q.is_empty()) {
+        Some(query) => serde_urlencoded::from_str::<T>(query)
+            .map_err(|e| ApiError::bad_request("invalid_option", format!("query string: {e}"))),
+        None => Ok(T::default()),
+    }
+}
+
 /// The query string and the body together.
 pub fn instance_options(
     query: Option<&str>,
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<InstanceOptions, ApiError> {
-    let from_query = match query.filter(|q| !q.is_empty()) {
-        Some(query) => serde_urlencoded::from_str::<InstanceOptions>(query)
-            .map_err(|e| ApiError::bad_request("invalid_option", format!("query string: {e}")))?,
-        None => InstanceOptions::default(),
-    };
+    let from_query = query_options::<InstanceOptions>(query)?;
     let from_body = json_body::<InstanceOptions>(body, limit)?.unwrap_or_default();
     Ok(from_query.overlay(from_body))
 }

@@ -51,13 +51,30 @@ async fn call(
     uri: &str,
     token: Option<&str>,
 ) -> (StatusCode, Value, axum::http::HeaderMap) {
+    send(router, method, uri, token, None).await
+}
+
+async fn send(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    json: Option<Value>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
+    let body = match json {
+        Some(json) => {
+            request = request.header("content-type", "application/json");
+            Body::from(json.to_string())
+        }
+        None => Body::empty(),
+    };
     let response = router
         .clone()
-        .oneshot(request.body(Body::empty()).unwrap())
+        .oneshot(request.body(body).unwrap())
         .await
         .unwrap();
     let status = response.status();
@@ -203,4 +220,54 @@ async fn an_accepted_offline_names_its_operation_and_its_origin() {
     assert_eq!(headers["location"], format!("/api/v1/operations/{id}"));
     assert_eq!(body["origin"], "api");
     assert_eq!(body["caller"]["addr"], "127.0.0.1");
+}
+
+/// Options mean the same on every route, in the query or the body: a batch's `dry_run` in
+/// the query plans and changes nothing, and an option nobody knows is refused, not ignored.
+#[tokio::test]
+async fn a_batch_takes_its_options_from_the_query_too() {
+    let h = serve(harness().await, LOOPBACK, "127.0.0.1:40000");
+    let batch = serde_json::json!({"action": "offline", "targets": [{"ip": "10.0.0.5"}]});
+
+    let (status, body, _) = send(
+        &h.router,
+        "POST",
+        "/api/v1/operations?dry_run=true",
+        None,
+        Some(batch.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "planned");
+    assert!(h.registry.writes().is_empty(), "a dry run changes nothing");
+    assert!(h.notifier.heard().is_empty());
+
+    let (status, body, _) = send(
+        &h.router,
+        "POST",
+        "/api/v1/operations?bogus=1",
+        None,
+        Some(batch.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_option"),
+        "{body}"
+    );
+    assert!(h.registry.writes().is_empty());
+
+    // The body wins over the query, as on the instance calls.
+    let mut real = batch;
+    real["dry_run"] = false.into();
+    let (status, body, _) = send(
+        &h.router,
+        "POST",
+        "/api/v1/operations?dry_run=true",
+        None,
+        Some(real),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(h.registry.status_of("a"), Status::OutOfService);
 }
