@@ -23,7 +23,8 @@ use crate::gateway::haproxy::HaproxyNotifier;
 use crate::gateway::nodes::NodeDirectory;
 use crate::gateway::webhook::WebhookNotifier;
 use crate::groups::StaticGroups;
-use crate::http::{AppState, router};
+use crate::http::server::Listener;
+use crate::http::{AppState, BodyLimits, router};
 use crate::registry::Registry;
 use crate::registry::eureka::EurekaRegistry;
 use crate::registry::file::FileRegistry;
@@ -150,16 +151,24 @@ impl Application {
         let app = router(AppState {
             orchestrator: Arc::clone(&orchestrator),
             security: Arc::new(settings.security.clone()),
-            metrics,
-            body_limit: settings.server.body_limit,
+            metrics: Arc::clone(&metrics),
+            body_limits: BodyLimits {
+                bytes: settings.server.body_limit,
+                time: settings.server.body_read_timeout,
+            },
         });
         let server = tokio::spawn(
-            axum::serve(
+            Listener {
                 listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
+                router: app,
+                policy: settings.security.policy.clone(),
+                header_read_timeout: settings.server.header_read_timeout,
+                max_connections: settings.server.max_connections,
+                max_connections_per_ip: settings.server.max_connections_per_ip,
+                metrics,
+                shutdown: shutdown.clone(),
+            }
+            .run(),
         );
         info!(
             listen = %local_addr,

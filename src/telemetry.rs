@@ -77,6 +77,11 @@ pub struct HoldEndLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub why: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
     step: &'static str,
 }
@@ -142,6 +147,10 @@ pub struct Metrics {
     /// Passes of the reconciler over every hold: tests and dashboards see it is alive.
     pub reconcile_runs: Counter,
     pub holds_ended: Family<HoldEndLabels, Counter>,
+    /// Connections open now.
+    pub connections_open: Gauge,
+    /// Connections turned away when accepted, by why (`forbidden`, `busy`).
+    pub connections_refused: Family<RefusedLabels, Counter>,
     /// One histogram per [`Step`], in `Step::ALL` order, taken out of their family once.
     step_seconds: [Histogram; Step::ALL.len()],
 }
@@ -207,6 +216,18 @@ impl Metrics {
             "Holds that ended without an online call, by why (departed, replaced, expired)",
             holds_ended.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open to the API now",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections turned away when accepted, before a byte was read, by why (forbidden: no caller, proxy or prober; busy: server.max_connections open)",
+            connections_refused.clone(),
+        );
         // 50 us to ~100 s: planning is microseconds, a gateway node that needs every retry
         // takes seconds.
         let steps = Family::<StepLabels, Histogram>::new_with_constructor(|| {
@@ -227,6 +248,8 @@ impl Metrics {
             step_seconds,
             reconcile_runs,
             holds_ended,
+            connections_open,
+            connections_refused,
             http_requests,
             operations,
             operations_in_flight,

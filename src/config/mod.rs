@@ -42,10 +42,11 @@ pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 5] = [
+const LIST_KEYS: [&str; 6] = [
     "security.allow",
     "security.deny",
     "security.trusted_proxies",
+    "security.probes",
     "security.tokens",
     "registry.eureka.urls",
 ];

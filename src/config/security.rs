@@ -21,6 +21,7 @@ pub(super) struct RawSecurity {
     allow: Vec<String>,
     deny: Vec<String>,
     trusted_proxies: Vec<String>,
+    probes: Vec<String>,
     tokens: Vec<RawToken>,
 }
 
@@ -42,6 +43,7 @@ impl RawSecurity {
             networks("security.allow", &self.allow)?,
             networks("security.deny", &self.deny)?,
             networks("security.trusted_proxies", &self.trusted_proxies)?,
+            networks("security.probes", &self.probes)?,
         );
         let mut tokens = Vec::with_capacity(self.tokens.len());
         for (i, token) in self.tokens.into_iter().enumerate() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, duration, invalid};
+use super::{ConfigError, duration, invalid, positive_duration};
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -14,6 +14,15 @@ pub struct ServerSettings {
     pub body_limit: usize,
     /// How long shutdown waits for in-flight operations before it exits anyway.
     pub shutdown_grace: Duration,
+    /// A request's head must arrive within this, and a keep-alive connection may wait this
+    /// long for its next request (hyper times both with one timer).
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive within this once its head has (408 past it).
+    pub body_read_timeout: Duration,
+    /// Connections open at once; past it a new one gets 503 and is closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one address (a load balancer counts as one).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -38,6 +47,10 @@ pub(super) struct RawServer {
     listen: String,
     body_limit: usize,
     shutdown_grace: String,
+    header_read_timeout: String,
+    body_read_timeout: String,
+    max_connections: usize,
+    max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -61,10 +74,29 @@ impl RawServer {
         if self.body_limit == 0 {
             return Err(invalid("server.body_limit", "must be at least 1 byte"));
         }
+        if self.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "server.max_connections_per_ip",
+                "must be at least 1",
+            ));
+        }
         Ok(ServerSettings {
             listen,
             body_limit: self.body_limit,
             shutdown_grace: duration("server.shutdown_grace", &self.shutdown_grace)?,
+            header_read_timeout: positive_duration(
+                "server.header_read_timeout",
+                &self.header_read_timeout,
+            )?,
+            body_read_timeout: positive_duration(
+                "server.body_read_timeout",
+                &self.body_read_timeout,
+            )?,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
         })
     }
 }

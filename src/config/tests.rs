@@ -31,6 +31,10 @@ fn an_empty_file_yields_every_documented_default() {
     assert_eq!(settings.server.listen, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(settings.server.body_limit, 65536);
     assert_eq!(settings.server.shutdown_grace, secs(30));
+    assert_eq!(settings.server.header_read_timeout, secs(10));
+    assert_eq!(settings.server.body_read_timeout, secs(10));
+    assert_eq!(settings.server.max_connections, 1024);
+    assert_eq!(settings.server.max_connections_per_ip, 256);
     assert_eq!(settings.log.format, LogFormat::Human);
     assert_eq!(settings.log.level, "info");
 
@@ -39,6 +43,13 @@ fn an_empty_file_yields_every_documented_default() {
     assert!(allowed(&settings, "127.9.9.9"));
     assert!(allowed(&settings, "::1"));
     assert!(!allowed(&settings, "10.0.0.1"));
+    assert!(
+        settings
+            .security
+            .policy
+            .admits("203.0.113.9".parse().unwrap()),
+        "the probes are open to everyone by default"
+    );
     assert!(!settings.security.tokens.is_required());
     assert_eq!(
         settings

@@ -16,6 +16,8 @@ pub struct CallerPolicy {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     trusted_proxies: Vec<IpNet>,
+    /// Who may reach the probes and metrics (load balancers, kubelets, scrapers).
+    probes: Vec<IpNet>,
 }
 
 /// Why a caller was turned away.
@@ -42,12 +44,29 @@ fn contains(nets: &[IpNet], addr: IpAddr) -> Option<IpNet> {
 }
 
 impl CallerPolicy {
-    pub fn new(allow: Vec<IpNet>, deny: Vec<IpNet>, trusted_proxies: Vec<IpNet>) -> Self {
+    pub fn new(
+        allow: Vec<IpNet>,
+        deny: Vec<IpNet>,
+        trusted_proxies: Vec<IpNet>,
+        probes: Vec<IpNet>,
+    ) -> Self {
         Self {
             allow,
             deny,
             trusted_proxies,
+            probes,
         }
+    }
+
+    /// Whether a TCP peer may talk to the service at all, judged when its connection is
+    /// accepted, before a byte is read: an allowed caller, a trusted proxy (its clients are
+    /// judged per request), or a peer the probes are open to. Everyone else is turned away
+    /// at once, so a hostile host cannot hold connections open however slowly it writes.
+    pub fn admits(&self, peer: IpAddr) -> bool {
+        let peer = canonical(peer);
+        self.check(peer).is_ok()
+            || contains(&self.trusted_proxies, peer).is_some()
+            || contains(&self.probes, peer).is_some()
     }
 
     /// The address to judge: the TCP peer, unless the peer is a trusted proxy, in which case
@@ -169,6 +188,25 @@ impl TokenSet {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_peer_is_admitted_as_a_caller_a_proxy_or_a_prober_and_otherwise_not_at_all() {
+        let nets =
+            |list: &[&str]| -> Vec<IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+        let policy = CallerPolicy::new(
+            nets(&["10.0.0.0/8"]),
+            nets(&["10.6.0.0/16"]),
+            nets(&["192.168.1.1/32"]),
+            nets(&["172.16.0.0/12"]),
+        );
+        let admits = |ip: &str| policy.admits(ip.parse().unwrap());
+        assert!(admits("10.1.2.3"), "an allowed caller");
+        assert!(!admits("10.6.0.1"), "a denied caller that is no prober");
+        assert!(admits("192.168.1.1"), "a trusted proxy");
+        assert!(admits("172.17.0.1"), "a prober");
+        assert!(!admits("8.8.8.8"));
+        assert!(admits("::ffff:10.1.2.3"), "IPv4-mapped is IPv4");
+    }
+
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|n| n.parse().unwrap()).collect()
     }
@@ -179,7 +217,7 @@ mod tests {
 
     #[test]
     fn empty_allow_list_allows_nobody() {
-        let policy = CallerPolicy::new(vec![], vec![], vec![]);
+        let policy = CallerPolicy::new(vec![], vec![], vec![], vec![]);
         assert!(matches!(
             policy.check(ip("127.0.0.1")),
             Err(Denied::NotAllowed { .. })
@@ -188,7 +226,12 @@ mod tests {
 
     #[test]
     fn deny_wins_over_allow() {
-        let policy = CallerPolicy::new(nets(&["10.0.0.0/8"]), nets(&["10.6.0.0/16"]), vec![]);
+        let policy = CallerPolicy::new(
+            nets(&["10.0.0.0/8"]),
+            nets(&["10.6.0.0/16"]),
+            vec![],
+            vec![],
+        );
         assert!(policy.check(ip("10.1.2.3")).is_ok());
         assert!(matches!(
             policy.check(ip("10.6.0.1")),
@@ -199,21 +242,21 @@ mod tests {
 
     #[test]
     fn mapped_ipv6_callers_are_judged_as_ipv4() {
-        let policy = CallerPolicy::new(nets(&["127.0.0.0/8"]), vec![], vec![]);
+        let policy = CallerPolicy::new(nets(&["127.0.0.0/8"]), vec![], vec![], vec![]);
         assert!(policy.check(ip("::ffff:127.0.0.1")).is_ok());
         assert!(policy.check(ip("::1")).is_err());
     }
 
     #[test]
     fn forwarded_for_is_ignored_from_untrusted_peers() {
-        let policy = CallerPolicy::new(vec![], vec![], nets(&["10.9.0.0/16"]));
+        let policy = CallerPolicy::new(vec![], vec![], nets(&["10.9.0.0/16"]), vec![]);
         let addr = policy.client_addr(ip("10.1.1.1"), &["127.0.0.1"]).unwrap();
         assert_eq!(addr, ip("10.1.1.1"));
     }
 
     #[test]
     fn forwarded_for_from_a_trusted_proxy_names_the_right_most_untrusted_hop() {
-        let policy = CallerPolicy::new(vec![], vec![], nets(&["10.9.0.0/16"]));
+        let policy = CallerPolicy::new(vec![], vec![], nets(&["10.9.0.0/16"]), vec![]);
         // The client forged "127.0.0.1"; the proxies appended the real client and themselves.
         let addr = policy
             .client_addr(ip("10.9.0.1"), &["127.0.0.1, 192.0.2.7", "10.9.0.2"])
@@ -223,7 +266,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_accepts_ports_and_brackets() {
-        let policy = CallerPolicy::new(vec![], vec![], nets(&["127.0.0.0/8"]));
+        let policy = CallerPolicy::new(vec![], vec![], nets(&["127.0.0.0/8"]), vec![]);
         let peer = ip("127.0.0.1");
         assert_eq!(
             policy.client_addr(peer, &["192.0.2.7:5555"]).unwrap(),
@@ -241,7 +284,7 @@ mod tests {
 
     #[test]
     fn trusted_proxy_without_forwarded_for_is_the_caller() {
-        let policy = CallerPolicy::new(vec![], vec![], nets(&["127.0.0.0/8"]));
+        let policy = CallerPolicy::new(vec![], vec![], nets(&["127.0.0.0/8"]), vec![]);
         assert_eq!(
             policy.client_addr(ip("127.0.0.1"), &[]).unwrap(),
             ip("127.0.0.1")
@@ -250,7 +293,7 @@ mod tests {
 
     #[test]
     fn garbage_forwarded_for_from_a_trusted_proxy_is_an_error() {
-        let policy = CallerPolicy::new(vec![], vec![], nets(&["127.0.0.0/8"]));
+        let policy = CallerPolicy::new(vec![], vec![], nets(&["127.0.0.0/8"]), vec![]);
         let err = policy
             .client_addr(ip("127.0.0.1"), &["<script>"])
             .unwrap_err();

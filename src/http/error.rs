@@ -31,6 +31,8 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive within {after:?} (server.body_read_timeout)")]
+    BodyTimeout { after: std::time::Duration },
     #[error("too many operations in flight; try again in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
     /// The registry refused the change (the operation failed; nothing was notified).
@@ -89,6 +91,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_operations")
             }

@@ -43,7 +43,7 @@ async fn change(
     } = request;
     let ip = path_ip(&ip)?;
     let idempotency_key = options::idempotency_key(&headers)?;
-    let options = options::instance_options(query.as_deref(), body, state.body_limit)?;
+    let options = options::instance_options(query.as_deref(), body, state.body_limits.bytes)?;
     let orchestrator = &state.orchestrator;
     let request = DrainRequest {
         action,

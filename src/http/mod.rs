@@ -3,6 +3,7 @@
 //! backend.
 
 mod auth;
+mod body;
 pub mod error;
 mod health;
 mod instances;
@@ -11,6 +12,7 @@ mod offline;
 pub mod openapi;
 mod operations;
 mod options;
+pub mod server;
 
 #[cfg(test)]
 mod tests;
@@ -32,8 +34,11 @@ pub struct AppState {
     pub orchestrator: Arc<Orchestrator>,
     pub security: Arc<SecuritySettings>,
     pub metrics: Arc<Metrics>,
-    pub body_limit: usize,
+    /// Bodies are read once the caller is known: nobody else makes synchspeed read one.
+    pub body_limits: body::BodyLimits,
 }
+
+pub use body::BodyLimits;
 
 pub fn router(state: AppState) -> Router {
     // Everything under /api/v1 but the OpenAPI document is for allowed callers only.
@@ -55,6 +60,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/offline", get(offline::list_offline))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
+            body::read_body,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
             auth::authorize,
         ));
     Router::new()
@@ -74,7 +83,7 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route; see /api/v1/openapi.json".into(),
             )
         })
-        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(DefaultBodyLimit::max(state.body_limits.bytes))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             observe::observe,

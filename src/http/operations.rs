@@ -175,7 +175,7 @@ pub async fn post_batch(
 ) -> Result<Response, ApiError> {
     let idempotency_key = options::idempotency_key(&headers)?;
     let query: BatchQuery = options::query_options(query.as_deref())?;
-    let batch: BatchRequest = json_body(body, state.body_limit)?
+    let batch: BatchRequest = json_body(body, state.body_limits.bytes)?
         .ok_or_else(|| ApiError::bad_request("invalid_json", "a batch needs a JSON body"))?;
     if batch.targets.is_empty() || batch.targets.len() > MAX_TARGETS {
         return Err(ApiError::bad_request(

@@ -32,7 +32,10 @@ fn serve(h: Harness, security: &str, peer: &str) -> Served {
         orchestrator: Arc::new(h.orchestrator),
         security: Arc::new(settings.security),
         metrics: Arc::new(Metrics::new()),
-        body_limit: settings.server.body_limit,
+        body_limits: super::BodyLimits {
+            bytes: settings.server.body_limit,
+            time: settings.server.body_read_timeout,
+        },
     };
     let peer: SocketAddr = peer.parse().unwrap();
     Served {

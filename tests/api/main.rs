@@ -7,6 +7,7 @@ mod support;
 
 mod helpers;
 
+mod abuse;
 mod cli;
 mod crash;
 mod drain;

@@ -1,0 +1,231 @@
+//! The listener: connections accepted, judged and served here rather than by `axum::serve`,
+//! which has no header timeout and no connection cap, and reads a request before anyone can
+//! judge its peer. A host that opens thousands of connections and writes a header line one
+//! byte at a time (slowloris) would otherwise hold a file descriptor and a task for each,
+//! until the service stops answering anyone.
+//!
+//! * The peer is judged when its connection is accepted, before a byte is read: a peer that
+//!   is no allowed caller, trusted proxy or prober gets a canned 403 and the connection is
+//!   closed.
+//! * At most `server.max_connections` are open, and at most `server.max_connections_per_ip`
+//!   from one address, so one hostile host cannot take every slot from the deploy platform;
+//!   past either, a new connection gets a canned 503 at once.
+//! * hyper's header timer bounds both a request's head and the idle wait for the next request
+//!   on a keep-alive connection (`server.header_read_timeout`); the body has its own bound
+//!   (`body.rs`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::domain::ip::canonical;
+use crate::domain::policy::CallerPolicy;
+use crate::sync::lock;
+use crate::telemetry::{Metrics, RefusedLabels};
+
+/// How long the accept loop pauses after an accept error (out of file descriptors): retrying
+/// at once would spin a core while nothing can be accepted anyway.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The listener and what it needs to judge and serve each connection.
+pub struct Listener {
+    pub listener: TcpListener,
+    pub router: Router,
+    pub policy: CallerPolicy,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled to stop: no new connection is accepted, open ones finish their request.
+    pub shutdown: CancellationToken,
+}
+
+/// A whole answer written to a connection that is refused, without reading from it.
+fn canned(status: &str, code: &str, message: &str, extra_headers: &str) -> Vec<u8> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\ncache-control: no-store\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Says no more than that the address may not call: which ranges are denied is the
+/// operators' business, and the log has the peer.
+static FORBIDDEN: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    canned(
+        "403 Forbidden",
+        "forbidden",
+        "this address may not call synchspeed; ask its operators to allow it",
+        "",
+    )
+});
+
+static BUSY: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    canned(
+        "503 Service Unavailable",
+        "too_many_connections",
+        "synchspeed has as many connections open as it takes from this address or from all \
+         (server.max_connections_per_ip, server.max_connections); retry shortly",
+        "retry-after: 1\r\n",
+    )
+});
+
+/// Connections open per peer address.
+#[derive(Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted against its address until dropped.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = lock(&self.open);
+        let count = open.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            per_ip: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.per_ip.open);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Listener {
+    /// Accepts until `shutdown`, then waits for the open connections to finish.
+    pub async fn run(self) -> std::io::Result<()> {
+        let open = Arc::new(Semaphore::new(self.max_connections));
+        let per_ip = Arc::new(PerIp::default());
+        let connections = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            if !self.policy.admits(peer.ip()) {
+                debug!(peer = %peer.ip(), "connection refused: no allowed caller, trusted proxy or prober");
+                self.refuse(stream, &FORBIDDEN, "forbidden");
+                continue;
+            }
+            let Some(slot) = per_ip.take(canonical(peer.ip()), self.max_connections_per_ip) else {
+                debug!(peer = %peer.ip(), "connection refused: server.max_connections_per_ip are open from it");
+                self.refuse(stream, &BUSY, "busy");
+                continue;
+            };
+            let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+                warn!(peer = %peer.ip(), open = self.max_connections,
+                    "connection refused: server.max_connections are open");
+                self.refuse(stream, &BUSY, "busy");
+                continue;
+            };
+            let connection = Connection {
+                stream,
+                peer,
+                router: self.router.clone(),
+                header_read_timeout: self.header_read_timeout,
+                shutdown: self.shutdown.clone(),
+                metrics: Arc::clone(&self.metrics),
+            };
+            connections.spawn(async move {
+                let _held = (permit, slot);
+                connection.serve().await;
+            });
+        }
+        connections.close();
+        connections.wait().await;
+        Ok(())
+    }
+
+    /// Writes `answer` if the socket takes it at once, and closes. Never waits: a refused
+    /// peer must not hold the accept loop.
+    fn refuse(&self, stream: TcpStream, answer: &[u8], why: &'static str) {
+        self.metrics
+            .connections_refused
+            .get_or_create(&RefusedLabels { why })
+            .inc();
+        let _ = stream.try_write(answer);
+    }
+}
+
+/// One accepted connection, served until it closes or the service stops.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl Connection {
+    async fn serve(self) {
+        let _ = self.stream.set_nodelay(true);
+        self.metrics.connections_open.inc();
+        let peer = self.peer;
+        let router = self.router;
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            // What `ConnectInfo<SocketAddr>` reads: the caller check judges the TCP peer.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request)
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(self.stream), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = self.shutdown.cancelled() => {
+                // Finishes the request in flight (its answer included), then closes.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        self.metrics.connections_open.dec();
+        if let Err(e) = result {
+            debug!(peer = %peer, "connection ended: {e}");
+        }
+    }
+}
