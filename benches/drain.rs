@@ -102,18 +102,23 @@ fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-async fn start_service(eureka: &EurekaDouble, groups: &[(String, String)]) -> Service {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut routes = String::new();
+/// `[groups]` routing each app to its group in config.
+fn static_groups(groups: &[(String, String)]) -> String {
+    let mut routes = String::from("[groups]\nsource = \"static\"\n[groups.static]\n");
     for (app, group) in groups {
         routes.push_str(&format!("\"{app}\" = [\"{group}\"]\n"));
     }
+    routes
+}
+
+async fn start_service(eureka: &EurekaDouble, routes: &str) -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nbody_limit = 1048576\n[log]\nlevel = \"warn\"\n\
          [security]\nallow = [\"127.0.0.0/8\"]\n[registry]\nkind = \"eureka\"\n[registry.eureka]\n\
          urls = [\"{}\"]\nrefresh = \"1s\"\n[gateway]\ntimeout = \"2s\"\n[drain]\nmax_in_flight = 4096\n\
-         wait_timeout_max = \"5m\"\n[store]\nurl = \"sqlite://{}/bench.db\"\n[groups.static]\n{routes}",
+         wait_timeout_max = \"5m\"\n[store]\nurl = \"sqlite://{}/bench.db\"\n{routes}",
         eureka.url(),
         dir.path().display()
     );
@@ -433,6 +438,52 @@ async fn read_rps(service: &Service) -> f64 {
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The 100-node run again, its gateway groups read from a PostgreSQL route table holding the
+/// same mapping: the plan step must not notice (the mapping is cached off the latency path).
+/// `None` when no PostgreSQL answers on 127.0.0.1:5432.
+async fn sql_groups_run(
+    eureka: &EurekaDouble,
+    groups: &[(String, String)],
+) -> Option<(f64, f64, Vec<f64>)> {
+    use sqlx::{AssertSqlSafe, Connection};
+    let admin = "postgres://postgres@127.0.0.1:5432";
+    let mut conn = sqlx::PgConnection::connect(&format!("{admin}/postgres"))
+        .await
+        .ok()?;
+    let name = format!("synchspeed_bench_{}", std::process::id());
+    let create = AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+    ));
+    sqlx::raw_sql(create).execute(&mut conn).await.ok()?;
+    let url = format!("{admin}/{name}");
+    let mut table = sqlx::PgConnection::connect(&url).await.ok()?;
+    let mut fill = String::from("CREATE TABLE gw_route (service_id TEXT, gateway_group TEXT);");
+    for (app, group) in groups {
+        fill.push_str(&format!(
+            "INSERT INTO gw_route VALUES ('{app}', '{group}');"
+        ));
+    }
+    sqlx::raw_sql(AssertSqlSafe(fill))
+        .execute(&mut table)
+        .await
+        .ok()?;
+    drop(table);
+    let routes = format!(
+        "[groups]\nsource = \"sql\"\n[groups.sql]\nurl = \"{url}\"\n\
+         query = \"SELECT gateway_group FROM gw_route WHERE upper(service_id) = $1\"\n\
+         all_query = \"SELECT service_id, gateway_group FROM gw_route\"\n"
+    );
+    let service = start_service(eureka, &routes).await;
+    let drain = ServiceDrain::new(&service, &format!("10.50.0.{FLOOR_NODES}"));
+    let before = step_totals(&service).await;
+    let (p50, p99) = latency(&drain).await;
+    let steps = step_means(&before, &step_totals(&service).await);
+    drop(service);
+    let drop_db = AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    let _ = sqlx::raw_sql(drop_db).execute(&mut conn).await;
+    Some((p50, p99, steps))
+}
+
 async fn run() {
     let eureka = EurekaDouble::start().await;
     let mut nodes = Vec::new();
@@ -498,7 +549,7 @@ async fn run() {
     eureka.register("SVC-100", FLOOR_ID, FLOOR_IP, 8080, "UP");
     eureka.forget_delta();
 
-    let service = start_service(&eureka, &groups).await;
+    let service = start_service(&eureka, &static_groups(&groups)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = service.rss_mb();
 
@@ -540,6 +591,8 @@ async fn run() {
     let mass_seconds = mass(&service, &mass_nodes).await;
     let rss_after_mass = service.rss_mb();
     let reads = read_rps(&service).await;
+    drop(service);
+    let sql = sql_groups_run(&eureka, &groups).await;
 
     println!(
         "\nsynchspeed drain benchmark ({SAMPLES} samples after {WARMUP} warm-up, loopback, 2 cores)\n"
@@ -590,6 +643,24 @@ async fn run() {
         "{:<34} {:>10.1} MB idle, {:.1} MB after mass",
         "resident memory", rss_idle, rss_after_mass
     );
+    let static_plan = rows
+        .iter()
+        .find(|(count, ..)| *count == FLOOR_NODES)
+        .map_or(f64::NAN, |(_, _, _, steps)| steps[Step::Plan as usize]);
+    match &sql {
+        Some((p50, p99, steps)) => println!(
+            "{:<34} {:>10.3} {:>10.3}   plan step {:.3} ms (static: {:.3} ms)",
+            "100 nodes, groups from PostgreSQL",
+            p50,
+            p99,
+            steps[Step::Plan as usize],
+            static_plan
+        ),
+        None => println!(
+            "{:<34} skipped: no PostgreSQL on 127.0.0.1:5432",
+            "groups from PostgreSQL"
+        ),
+    }
 
     let report = json!({
         "latency_ms": latency_ms,
@@ -599,6 +670,12 @@ async fn run() {
         "mass": {"instances": MASS_INSTANCES, "nodes": MASS_NODES, "seconds": round(mass_seconds)},
         "read_rps": reads.round(),
         "rss_mb": {"idle": round(rss_idle), "after_mass": round(rss_after_mass)},
+        "groups_sql_nodes_100": sql.as_ref().map(|(p50, p99, steps)| json!({
+            "p50": round(*p50),
+            "p99": round(*p99),
+            "plan_ms": round(steps[Step::Plan as usize]),
+            "static_plan_ms": round(static_plan),
+        })),
     });
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{GatewaySettings, NotifierKind, RegistrySettings, Settings};
+use crate::config::{GatewaySettings, GroupsSettings, NotifierKind, RegistrySettings, Settings};
 use crate::drain::{Orchestrator, Parts};
 use crate::drain::{reassert, reconcile};
 use crate::gateway::Notifier;
@@ -22,7 +22,7 @@ use crate::gateway::fanout::FanOut;
 use crate::gateway::haproxy::HaproxyNotifier;
 use crate::gateway::nodes::NodeDirectory;
 use crate::gateway::webhook::WebhookNotifier;
-use crate::groups::StaticGroups;
+use crate::groups::{Combined, GroupSource, SqlGroups, StaticGroups};
 use crate::http::server::Listener;
 use crate::http::{AppState, BodyLimits, router};
 use crate::registry::Registry;
@@ -86,7 +86,7 @@ impl Application {
         let orchestrator = Arc::new(
             Orchestrator::open(Parts {
                 registry: Arc::clone(&registry),
-                groups: Arc::new(StaticGroups::new(settings.groups.routes.clone())),
+                groups: group_source(&settings.groups, &metrics).await?,
                 nodes: NodeDirectory::new(
                     settings.gateway.nodes.clone(),
                     Arc::clone(&registry),
@@ -126,6 +126,11 @@ impl Application {
                     Err(e) => error!("cannot read the operations left unfinished: {e}"),
                 }
             }
+        });
+        background.spawn({
+            let orchestrator = Arc::clone(&orchestrator);
+            let token = shutdown.clone();
+            async move { orchestrator.refresh_groups(token).await }
         });
         background.spawn(reconcile::reconcile_forever(
             Arc::clone(&orchestrator),
@@ -270,6 +275,27 @@ impl StopSignals {
             _ = self.interrupt.recv() => {}
         }
     }
+}
+
+/// The gateway groups' source: config, the route table, or both (the union).
+async fn group_source(
+    settings: &GroupsSettings,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn GroupSource>> {
+    let mut sources: Vec<Arc<dyn GroupSource>> = Vec::new();
+    if let Some(routes) = &settings.routes {
+        sources.push(Arc::new(StaticGroups::new(routes.clone())));
+    }
+    if let Some(sql) = &settings.sql {
+        let table = SqlGroups::open(sql, Arc::clone(metrics))
+            .await
+            .context("opening the gateway route table")?;
+        sources.push(Arc::new(table));
+    }
+    Ok(match sources.len() {
+        1 => sources.remove(0),
+        _ => Arc::new(Combined::new(sources)),
+    })
 }
 
 /// The notifier of every group: `gateway.notifier`, except the groups listed in

@@ -149,6 +149,10 @@ pub struct Metrics {
     pub holds_ended: Family<HoldEndLabels, Counter>,
     /// Connections open now.
     pub connections_open: Gauge,
+    /// How old the oldest part of the SQL route mapping in use is.
+    pub groups_mapping_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Reads of the SQL route table that failed.
+    pub groups_refresh_errors: Counter,
     /// Connections turned away when accepted, by why (`forbidden`, `busy`).
     pub connections_refused: Family<RefusedLabels, Counter>,
     /// One histogram per [`Step`], in `Step::ALL` order, taken out of their family once.
@@ -222,6 +226,18 @@ impl Metrics {
             "Connections open to the API now",
             connections_open.clone(),
         );
+        let groups_mapping_age_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "groups_mapping_age_seconds",
+            "Age of the oldest part of the SQL route mapping in use (groups.source = sql)",
+            groups_mapping_age_seconds.clone(),
+        );
+        let groups_refresh_errors = Counter::default();
+        registry.register(
+            "groups_refresh_errors",
+            "Reads of the SQL route table that failed",
+            groups_refresh_errors.clone(),
+        );
         let connections_refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
             "connections_refused",
@@ -250,6 +266,8 @@ impl Metrics {
             holds_ended,
             connections_open,
             connections_refused,
+            groups_mapping_age_seconds,
+            groups_refresh_errors,
             http_requests,
             operations,
             operations_in_flight,

@@ -16,7 +16,7 @@ use crate::drain::{Orchestrator, Parts};
 use crate::gateway::fanout::FanOut;
 use crate::gateway::nodes::NodeDirectory;
 use crate::gateway::{Delivery, GatewayNode, Notification, Notifier, Progress};
-use crate::groups::{GroupSource, GroupsError, StaticGroups};
+use crate::groups::{GroupRoute, GroupSource, GroupsError, StaticGroups};
 use crate::registry::{Registry, RegistryError, StatusChange};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
@@ -182,8 +182,11 @@ pub(crate) struct UnreachableGroups;
 
 #[async_trait]
 impl GroupSource for UnreachableGroups {
-    async fn groups_for(&self, _app: &AppName) -> Result<Vec<AppName>, GroupsError> {
-        Err(GroupsError::Unavailable("connection refused".into()))
+    async fn groups_for(&self, app: &AppName) -> Result<Vec<GroupRoute>, GroupsError> {
+        Err(GroupsError::Unavailable {
+            app: app.clone(),
+            reason: "connection refused".into(),
+        })
     }
 }
 

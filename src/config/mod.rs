@@ -25,7 +25,7 @@ use crate::domain::AppName;
 
 pub use drain::DrainSettings;
 pub use gateway::{GatewaySettings, HaproxyOfflineState, HaproxySettings, NotifierKind};
-pub use groups::GroupsSettings;
+pub use groups::{GroupsSettings, SqlDialect, SqlGroupsSettings};
 pub use registry::{
     EurekaSettings, FileRegistrySettings, PASSWORD_REDACTED, RedactedUrl, RegistrySettings,
     ZookeeperSettings,
@@ -42,7 +42,8 @@ pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 6] = [
+const LIST_KEYS: [&str; 7] = [
+    "groups.source",
     "security.allow",
     "security.deny",
     "security.trusted_proxies",

@@ -10,7 +10,7 @@ fn the_demo_runs_without_a_registry_and_routes_its_group() {
     assert_eq!(settings.registry.kind(), "file");
     let app = AppName::parse("ORDER-SERVICE").unwrap();
     assert_eq!(
-        settings.groups.routes[&app],
+        settings.groups.routes.as_ref().unwrap()[&app],
         vec![AppName::parse("GATEWAY-PUBLIC").unwrap()]
     );
 }
@@ -68,7 +68,15 @@ fn an_empty_file_yields_every_documented_default() {
         }
         other => panic!("the default registry is the file, got {other:?}"),
     }
-    assert!(settings.groups.routes.is_empty(), "no route by default");
+    assert!(
+        settings
+            .groups
+            .routes
+            .as_ref()
+            .is_some_and(|r| r.is_empty()),
+        "the static source, with no route"
+    );
+    assert!(settings.groups.sql.is_none());
 
     let gateway = &settings.gateway;
     assert_eq!(gateway.notifier, NotifierKind::Webhook);
@@ -343,7 +351,47 @@ fn group_routes_are_canonical_app_names() {
         Settings::from_toml("[groups.static]\n\"order-service\" = [\"gateway-public\"]").unwrap();
     let app = AppName::parse("ORDER-SERVICE").unwrap();
     assert_eq!(
-        settings.groups.routes[&app],
+        settings.groups.routes.as_ref().unwrap()[&app],
         vec![AppName::parse("GATEWAY-PUBLIC").unwrap()]
     );
+}
+
+#[test]
+fn the_sql_source_is_read_and_checked() {
+    let settings = Settings::from_toml(
+        "[groups]\nsource = [\"static\", \"sql\"]\n[groups.sql]\nurl = \"mysql://gw:secret-pw@db:3306/gateway\"\n\
+         query = \"SELECT gateway_group FROM gw_route WHERE service_id = ?\"",
+    )
+    .unwrap();
+    let sql = settings.groups.sql.as_ref().unwrap();
+    assert_eq!(sql.dialect, SqlDialect::MySql);
+    assert_eq!(sql.refresh, Duration::from_secs(30));
+    assert_eq!(sql.stale_max, Duration::from_secs(600));
+    assert_eq!(sql.pool_size, 4);
+    assert_eq!(sql.statement_timeout, Duration::from_secs(2));
+    assert!(settings.groups.routes.is_some(), "both sources");
+    assert!(!format!("{settings:?}").contains("secret-pw"));
+
+    let sql_only = |rest: &str| format!("[groups]\nsource = \"sql\"\n[groups.sql]\n{rest}");
+    assert_eq!(error_key(&sql_only("")), "groups.sql.url");
+    assert_eq!(
+        error_key(&sql_only(
+            "url = \"postgres://db/gw\"\nquery = \"SELECT g FROM r WHERE a = ?\""
+        )),
+        "groups.sql.query",
+        "PostgreSQL binds $1"
+    );
+    assert_eq!(
+        error_key(&sql_only(
+            "url = \"sqlite://x.db\"\nquery = \"SELECT g FROM r WHERE a = ?\""
+        )),
+        "groups.sql.url"
+    );
+    assert_eq!(
+        error_key(&sql_only(
+            "url = \"postgres://db/gw\"\nquery = \"SELECT g FROM r WHERE a = $1\"\nstale_max = \"1s\""
+        )),
+        "groups.sql.stale_max"
+    );
+    assert_eq!(error_key("[groups]\nsource = \"ldap\""), "groups.source");
 }

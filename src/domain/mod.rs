@@ -11,6 +11,7 @@ pub mod instance;
 pub mod ip;
 pub mod operation;
 pub mod policy;
+pub mod route;
 
 pub use app::AppName;
 pub use hold::{Hold, HoldEnd};
@@ -19,3 +20,4 @@ pub use operation::{
     Action, Caller, FailureCode, InstanceResult, NodeResult, NodeState, Operation, OperationError,
     OperationId, OperationState, Origin, PeerOutcome, PeerResult, RegistryStep, Target,
 };
+pub use route::{Route, RouteSource};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use super::haproxy_detail::{HaproxyDetail, HaproxyServer, IdleWait, Warmup};
-use super::{AppName, Instance, Status};
+use super::{AppName, Instance, Route, Status};
 
 /// `op_` followed by a ULID: sortable by creation time, so "newest first" is an index scan.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -307,7 +307,13 @@ pub struct Operation {
     #[serde(default)]
     pub origin: Origin,
     pub instances: Vec<InstanceResult>,
+    /// The gateway groups found for each app, and where each came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     pub gateways: Vec<NodeResult>,
+    /// What the caller should know that is no failure (an app no gateway routes to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<OperationError>,
     #[serde(with = "millis")]
@@ -417,7 +423,9 @@ mod tests {
             },
             origin: Origin::Api,
             instances: vec![],
+            routes: vec![],
             gateways: nodes,
+            warnings: vec![],
             error: None,
             created_at: Utc::now(),
             registry_updated_at: None,

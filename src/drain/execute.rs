@@ -119,11 +119,12 @@ impl Orchestrator {
 
     async fn plan(&self, targets: &[Target]) -> Result<Plan, DrainError> {
         let instances = plan::resolve_instances(self.registry.as_ref(), targets).await?;
-        let deliveries =
+        let (deliveries, routes) =
             plan::resolve_deliveries(self.groups.as_ref(), &self.nodes, &instances).await?;
         Ok(Plan {
             instances,
             deliveries,
+            routes,
         })
     }
 }
@@ -149,6 +150,8 @@ fn new_operation(request: &DrainRequest, plan: &Plan) -> Operation {
         caller: request.caller.clone(),
         origin: request.origin,
         instances: plan.instances.iter().map(InstanceResult::planned).collect(),
+        routes: plan.routes.clone(),
+        warnings: plan.warnings(),
         gateways: plan
             .deliveries
             .iter()

@@ -51,7 +51,7 @@ use crate::config::DrainSettings;
 use crate::domain::{Hold, Instance, Operation, OperationId};
 use crate::gateway::fanout::FanOut;
 use crate::gateway::nodes::NodeDirectory;
-use crate::groups::GroupSource;
+use crate::groups::{GroupSource, GroupsHealth};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{DesiredState, OperationFilter, Store, StoreError};
 use crate::sync::lock;
@@ -104,6 +104,8 @@ pub enum NotReady {
     },
     #[error("store: {0}")]
     Store(#[source] StoreError),
+    #[error("gateway groups: {0}")]
+    Groups(String),
 }
 
 /// What the registry and synchspeed know of one IP.
@@ -149,8 +151,10 @@ impl Orchestrator {
         self.registry.kind()
     }
 
-    /// Ok when the registry answered recently enough to be trusted and the store answers.
-    pub async fn readiness(&self) -> Result<(), NotReady> {
+    /// Ok when the registry answered recently enough to be trusted, the store answers and
+    /// the gateway groups can be looked up; with what is degraded but still served (a route
+    /// table read a while ago while its database is away).
+    pub async fn readiness(&self) -> Result<Vec<String>, NotReady> {
         self.registry
             .readiness()
             .await
@@ -158,7 +162,17 @@ impl Orchestrator {
                 kind: self.registry.kind(),
                 source,
             })?;
-        self.store.ping().await.map_err(NotReady::Store)
+        self.store.ping().await.map_err(NotReady::Store)?;
+        match self.groups.health() {
+            GroupsHealth::Fresh => Ok(Vec::new()),
+            GroupsHealth::Stale(warning) => Ok(vec![warning]),
+            GroupsHealth::Unavailable(why) => Err(NotReady::Groups(why)),
+        }
+    }
+
+    /// Keeps the gateway groups' mapping fresh until `shutdown` (sources that cache one).
+    pub async fn refresh_groups(&self, shutdown: tokio_util::sync::CancellationToken) {
+        self.groups.run(shutdown).await;
     }
 
     /// Every instance held out of service, oldest first.

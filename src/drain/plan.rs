@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::domain::{AppName, Instance, InstanceKey, Target};
+use crate::domain::{AppName, Instance, InstanceKey, Route, Target};
 use crate::gateway::GatewayNode;
 use crate::gateway::nodes::NodeDirectory;
 use crate::groups::GroupSource;
@@ -19,6 +19,22 @@ pub struct Plan {
     /// Each node with the app it hears about; a node in two groups, or routing two apps of
     /// the same IP, appears once per (group, app).
     pub deliveries: Vec<(GatewayNode, AppName)>,
+    /// The groups found for each app, and where each came from.
+    pub routes: Vec<Route>,
+}
+
+impl Plan {
+    /// What the caller should know of this plan that is no failure: apps no gateway group
+    /// routes to (their registry status changes, and no gateway hears of it).
+    pub fn warnings(&self) -> Vec<String> {
+        let apps: BTreeSet<&AppName> = self.instances.iter().map(|i| &i.app).collect();
+        apps.into_iter()
+            .filter(|app| !self.routes.iter().any(|route| &route.app == *app))
+            .map(|app| {
+                format!("no gateway group routes to {app}: its registry status changes, no gateway is told")
+            })
+            .collect()
+    }
 }
 
 /// The instances each target matches. A target that matches nothing in the cache triggers one
@@ -78,24 +94,33 @@ pub fn describe(target: &Target) -> String {
     text
 }
 
-/// The gateway nodes that must hear about these instances.
+/// The gateway nodes that must hear about these instances, and the routes that name them.
 pub async fn resolve_deliveries(
     groups: &dyn GroupSource,
     nodes: &NodeDirectory,
     instances: &[Instance],
-) -> Result<Vec<(GatewayNode, AppName)>, DrainError> {
+) -> Result<(Vec<(GatewayNode, AppName)>, Vec<Route>), DrainError> {
     let apps: BTreeSet<&AppName> = instances.iter().map(|i| &i.app).collect();
     let mut deliveries = BTreeSet::new();
+    let mut routes = Vec::new();
     for app in apps {
-        for group in groups.groups_for(app).await.map_err(DrainError::Groups)? {
+        for found in groups.groups_for(app).await.map_err(DrainError::Groups)? {
             let nodes = nodes
-                .nodes_of(&group)
+                .nodes_of(&found.group)
                 .await
                 .map_err(DrainError::registry_unavailable)?;
             for node in nodes.iter() {
                 deliveries.insert((node.clone(), app.clone()));
             }
+            routes.push(Route {
+                app: app.clone(),
+                group: found.group,
+                source: found.source,
+                mapping_age_ms: found
+                    .age
+                    .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            });
         }
     }
-    Ok(deliveries.into_iter().collect())
+    Ok((deliveries.into_iter().collect(), routes))
 }

@@ -106,6 +106,7 @@ pub(super) fn plan_of(operation: &Operation) -> Plan {
                 )
             })
             .collect(),
+        routes: operation.routes.clone(),
     }
 }
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use super::{GroupSource, GroupsError};
-use crate::domain::AppName;
+use super::{GroupRoute, GroupSource, GroupsError};
+use crate::domain::{AppName, RouteSource};
 
 #[derive(Debug, Clone, Default)]
 pub struct StaticGroups {
@@ -20,7 +20,17 @@ impl StaticGroups {
 
 #[async_trait]
 impl GroupSource for StaticGroups {
-    async fn groups_for(&self, app: &AppName) -> Result<Vec<AppName>, GroupsError> {
-        Ok(self.routes.get(app).cloned().unwrap_or_default())
+    async fn groups_for(&self, app: &AppName) -> Result<Vec<GroupRoute>, GroupsError> {
+        Ok(self
+            .routes
+            .get(app)
+            .into_iter()
+            .flatten()
+            .map(|group| GroupRoute {
+                group: group.clone(),
+                source: RouteSource::Static,
+                age: None,
+            })
+            .collect())
     }
 }

@@ -155,6 +155,7 @@ impl From<NotReady> for ApiError {
         let code = match error {
             NotReady::Registry { .. } => "registry_unavailable",
             NotReady::Store(_) => "store_unavailable",
+            NotReady::Groups(_) => "groups_unavailable",
         };
         ApiError::Unavailable {
             code,

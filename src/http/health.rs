@@ -14,15 +14,18 @@ pub async fn healthz() -> Response {
     ok(json!({"status": "ok"}))
 }
 
-/// Readiness: the registry answered recently and the store answers.
+/// Readiness: the registry answered recently, the store answers, the gateway groups can be
+/// looked up (`warnings` says what is degraded but served).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready"), (status = 503, description = "Registry or store not answering")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     let orchestrator = &state.orchestrator;
-    orchestrator.readiness().await?;
-    Ok(ok(
-        json!({"status": "ready", "registry": orchestrator.registry_kind()}),
-    ))
+    let warnings = orchestrator.readiness().await?;
+    let mut body = json!({"status": "ready", "registry": orchestrator.registry_kind()});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    Ok(ok(body))
 }
 
 /// Prometheus text format.

@@ -31,6 +31,8 @@ pub struct TestConfig {
     pub registry: Option<String>,
     /// Whole tables appended at the end (`[gateway.haproxy]`, `[gateway.group_notifiers]`).
     pub tables: String,
+    /// `groups.source`, as TOML.
+    pub groups_source: String,
 }
 
 impl TestConfig {
@@ -46,6 +48,7 @@ impl TestConfig {
             server: String::new(),
             registry: None,
             tables: String::new(),
+            groups_source: "\"static\"".into(),
         }
     }
 
@@ -105,6 +108,13 @@ impl TestConfig {
         self
     }
 
+    /// Gateway groups from a route table: `source` (`"sql"` or `["static", "sql"]`) and the
+    /// `[groups.sql]` table's lines.
+    pub fn groups_sql(mut self, source: &str, lines: &str) -> Self {
+        self.groups_source = source.into();
+        self.tables(&format!("[groups.sql]\n{lines}"))
+    }
+
     pub fn server(mut self, lines: &str) -> Self {
         self.server = lines.into();
         self
@@ -146,13 +156,14 @@ impl TestConfig {
         let mut toml = format!(
             "[server]\n{}\n\n[security]\n{}\n\n{}\n\
              [gateway]\n{}\n\n\
-             [drain]\n{}\n\n[store]\nurl = \"sqlite://{}\"\n\n[groups]\nsource = \"static\"\n[groups.static]\n",
+             [drain]\n{}\n\n[store]\nurl = \"sqlite://{}\"\n\n[groups]\nsource = {}\n[groups.static]\n",
             server,
             self.security,
             registry,
             gateway,
             self.drain,
             store.display(),
+            self.groups_source,
         );
         for (app, groups) in &self.routes {
             let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
@@ -190,6 +201,17 @@ impl TestApp {
     pub async fn spawn_unready(config: TestConfig) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         Self::spawn_in(config, dir, false).await
+    }
+
+    /// What the start says when it refuses `config` (the app must not start).
+    pub async fn start_error(config: TestConfig) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("synchspeed.db");
+        let settings = Settings::from_toml(&config.to_toml(&store)).expect("test config is valid");
+        match Application::build(settings).await {
+            Ok(_) => panic!("the app started"),
+            Err(error) => format!("{error:#}"),
+        }
     }
 
     async fn spawn_in(config: TestConfig, dir: Arc<TempDir>, wait_ready: bool) -> Self {

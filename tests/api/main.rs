@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod drain;
 mod errors;
+mod groups_sql;
 mod haproxy;
 mod intent;
 mod registry;

@@ -5,4 +5,5 @@ pub mod backend;
 pub mod eureka;
 pub mod gateway;
 pub mod haproxy;
+pub mod route_db;
 pub mod zookeeper;

@@ -1,0 +1,307 @@
+//! Gateway groups from the gateway team's own route table, on the machine's real MariaDB and
+//! PostgreSQL: each test makes its own database (`support::route_db`) and drops it.
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, TestConfig, error_code, eventually};
+use crate::support::eureka::EurekaDouble;
+use crate::support::gateway::{Behaviour, GatewayNode};
+use crate::support::route_db::{Kind, RouteDb};
+
+const ORDER: &str = "10.0.0.5:order-service:8080";
+
+/// ORDER-SERVICE on 10.0.0.5, PAYMENT-SERVICE on 10.0.0.7, in Eureka.
+async fn registry() -> EurekaDouble {
+    let eureka = EurekaDouble::with_order_service().await;
+    eureka.register(
+        "PAYMENT-SERVICE",
+        "10.0.0.7:payment:8080",
+        "10.0.0.7",
+        8080,
+        "UP",
+    );
+    eureka
+}
+
+/// synchspeed reading `db`'s route table (every 200 ms), the groups' nodes listed in config.
+fn config(eureka: &EurekaDouble, db: &RouteDb, source: &str, extra: &str) -> TestConfig {
+    TestConfig::eureka(&[eureka.url()]).groups_sql(
+        source,
+        &format!(
+            "url = \"{}\"\nquery = \"{}\"\nrefresh = \"200ms\"\nstale_max = \"1h\"\n{extra}",
+            db.url(),
+            db.query()
+        ),
+    )
+}
+
+fn node_addresses(operation: &Value) -> Vec<String> {
+    let mut nodes: Vec<String> = operation["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap().to_owned())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+async fn the_groups_the_table_names_are_told(kind: Kind) {
+    let db = RouteDb::create(kind).await;
+    // Routes as the gateway console wrote them: lower case, one disabled.
+    db.route("order-service", "GATEWAY-PUBLIC").await;
+    db.route("order-service", "GATEWAY-INTERNAL").await;
+    db.disabled_route("order-service", "GATEWAY-OLD").await;
+    let (public, internal, old) = (
+        GatewayNode::start(Behaviour::Ack).await,
+        GatewayNode::start(Behaviour::Ack).await,
+        GatewayNode::start(Behaviour::Ack).await,
+    );
+    let eureka = registry().await;
+    let app = TestApp::spawn(
+        config(&eureka, &db, "\"sql\"", "")
+            .nodes("GATEWAY-PUBLIC", vec![public.address()])
+            .nodes("GATEWAY-INTERNAL", vec![internal.address()])
+            .nodes("GATEWAY-OLD", vec![old.address()]),
+    )
+    .await;
+
+    let response = app
+        .post("/api/v1/instances/10.0.0.5/offline?wait=true")
+        .await;
+    assert_eq!(response.status(), 200);
+    let operation: Value = response.json().await.unwrap();
+    assert_eq!(
+        node_addresses(&operation),
+        {
+            let mut both = vec![public.address(), internal.address()];
+            both.sort();
+            both
+        },
+        "the enabled routes' groups, no other: {operation}"
+    );
+    assert_eq!(public.received().len(), 1);
+    assert_eq!(internal.received().len(), 1);
+    assert!(old.received().is_empty(), "a disabled route is no route");
+    for route in operation["routes"].as_array().unwrap() {
+        assert_eq!(route["source"], "sql", "{route}");
+        assert!(route["mappingAgeMs"].is_u64(), "{route}");
+    }
+}
+
+#[tokio::test]
+async fn an_offline_tells_the_groups_the_mariadb_table_names() {
+    the_groups_the_table_names_are_told(Kind::MariaDb).await;
+}
+
+#[tokio::test]
+async fn an_offline_tells_the_groups_the_postgresql_table_names() {
+    the_groups_the_table_names_are_told(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_route_added_in_the_table_is_used_after_the_refresh_without_a_restart() {
+    let db = RouteDb::create(Kind::Postgres).await;
+    db.route("ORDER-SERVICE", "GATEWAY-PUBLIC").await;
+    let (public, edge) = (
+        GatewayNode::start(Behaviour::Ack).await,
+        GatewayNode::start(Behaviour::Ack).await,
+    );
+    let eureka = registry().await;
+    let app = TestApp::spawn(
+        config(
+            &eureka,
+            &db,
+            "\"sql\"",
+            &format!("all_query = \"{}\"", db.all_query()),
+        )
+        .nodes("GATEWAY-PUBLIC", vec![public.address()])
+        .nodes("GATEWAY-EDGE", vec![edge.address()]),
+    )
+    .await;
+    let dry_run = "/api/v1/instances/10.0.0.5/offline?dry_run=true";
+    let planned: Value = app.post(dry_run).await.json().await.unwrap();
+    assert_eq!(node_addresses(&planned), vec![public.address()]);
+
+    db.route("order-service", "GATEWAY-EDGE").await;
+    eventually("the new route is read", || async {
+        let planned: Value = app.post(dry_run).await.json().await.unwrap();
+        node_addresses(&planned).contains(&edge.address())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_the_table_gone_the_last_mapping_serves_and_an_unknown_app_changes_nothing() {
+    let db = RouteDb::create(Kind::MariaDb).await;
+    db.route("ORDER-SERVICE", "GATEWAY-PUBLIC").await;
+    db.route("PAYMENT-SERVICE", "GATEWAY-PUBLIC").await;
+    let public = GatewayNode::start(Behaviour::Ack).await;
+    let eureka = registry().await;
+    let app = TestApp::spawn(
+        config(&eureka, &db, "\"sql\"", "").nodes("GATEWAY-PUBLIC", vec![public.address()]),
+    )
+    .await;
+    // ORDER-SERVICE is read once; PAYMENT-SERVICE never is.
+    let planned: Value = app
+        .post("/api/v1/instances/10.0.0.5/offline?dry_run=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(node_addresses(&planned), vec![public.address()]);
+
+    // The gateway team's migration renames the table away mid-run.
+    db.run("RENAME TABLE gw_route TO gw_route_old").await;
+    eventually("/readyz says the mapping is stale", || async {
+        let ready: Value = app.get("/readyz").await.json().await.unwrap();
+        ready["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("groups database"))
+    })
+    .await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !metrics.contains("synchspeed_groups_refresh_errors_total 0\n"),
+        "{metrics}"
+    );
+
+    // The app read before is served from the last mapping.
+    let response = app
+        .post("/api/v1/instances/10.0.0.5/offline?wait=true")
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(public.received().len(), 1);
+
+    // The app never read cannot be planned: 503 before the registry, nobody told.
+    let writes = eureka.status_writes().len();
+    let response = app.post("/api/v1/instances/10.0.0.7/offline").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(error_code(response).await, "groups_unavailable");
+    assert_eq!(
+        eureka.status_writes().len(),
+        writes,
+        "the registry was not touched"
+    );
+    assert_eq!(
+        eureka
+            .status("PAYMENT-SERVICE", "10.0.0.7:payment:8080")
+            .as_deref(),
+        Some("UP")
+    );
+    assert_eq!(public.received().len(), 1, "no gateway was told");
+
+    // Back: the table answers again, and so does the app never read before.
+    db.run("RENAME TABLE gw_route_old TO gw_route").await;
+    eventually(
+        "the unknown app is planned once the table is back",
+        || async {
+            app.post("/api/v1/instances/10.0.0.7/offline?dry_run=true")
+                .await
+                .status()
+                == 200
+        },
+    )
+    .await;
+    eventually("/readyz has no warning once the table answers", || async {
+        let ready: Value = app.get("/readyz").await.json().await.unwrap();
+        ready.get("warnings").is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_app_named_with_quotes_and_semicolons_is_a_parameter_not_sql() {
+    let db = RouteDb::create(Kind::Postgres).await;
+    db.route("ORDER-SERVICE", "GATEWAY-PUBLIC").await;
+    let hostile = "X');DROP/**/TABLE/**/gw_route;--";
+    let eureka = registry().await;
+    eureka.register(hostile, "10.0.0.9:x:8080", "10.0.0.9", 8080, "UP");
+    let app = TestApp::spawn(config(&eureka, &db, "\"sql\"", "")).await;
+    let response = app
+        .post("/api/v1/instances/10.0.0.9/offline?wait=true")
+        .await;
+    assert_eq!(response.status(), 200, "an app with no route is no error");
+    let operation: Value = response.json().await.unwrap();
+    assert!(operation["gateways"].as_array().unwrap().is_empty());
+    assert!(
+        operation["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("no gateway group routes to")),
+        "{operation}"
+    );
+    assert_eq!(operation["instances"][0]["registry"], "updated");
+    assert_eq!(db.rows().await, 1, "the table is intact");
+}
+
+#[tokio::test]
+async fn a_query_returning_the_wrong_column_type_stops_the_start() {
+    let db = RouteDb::create(Kind::MariaDb).await;
+    let eureka = registry().await;
+    let mut wrong = config(&eureka, &db, "\"sql\"", "");
+    wrong.tables = format!(
+        "[groups.sql]\nurl = \"{}\"\nquery = \"SELECT weight FROM gw_route WHERE service_id = ?\"\n",
+        db.url()
+    );
+    let error = TestApp::start_error(wrong).await;
+    assert!(error.contains("groups.sql.query"), "{error}");
+    assert!(error.contains("weight"), "names the column: {error}");
+    assert!(error.contains("not text"), "{error}");
+
+    let mut missing = config(&eureka, &db, "\"sql\"", "");
+    missing.tables = format!(
+        "[groups.sql]\nurl = \"{}\"\nquery = \"SELECT gateway_group FROM no_such_table WHERE service_id = ?\"\n",
+        db.url()
+    );
+    let error = TestApp::start_error(missing).await;
+    assert!(error.contains("groups.sql.query"), "{error}");
+}
+
+#[tokio::test]
+async fn static_and_sql_together_are_the_union_each_group_once_with_its_source() {
+    let db = RouteDb::create(Kind::Postgres).await;
+    db.route("order-service", "GATEWAY-PUBLIC").await;
+    db.route("order-service", "GATEWAY-EDGE").await;
+    let (public, edge) = (
+        GatewayNode::start(Behaviour::Ack).await,
+        GatewayNode::start(Behaviour::Ack).await,
+    );
+    let eureka = registry().await;
+    let app = TestApp::spawn(
+        config(&eureka, &db, "[\"static\", \"sql\"]", "")
+            .route("ORDER-SERVICE", &["GATEWAY-PUBLIC"])
+            .nodes("GATEWAY-PUBLIC", vec![public.address()])
+            .nodes("GATEWAY-EDGE", vec![edge.address()]),
+    )
+    .await;
+    let planned: Value = app
+        .post("/api/v1/instances/10.0.0.5/offline?dry_run=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let routes: Vec<(String, String)> = planned["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["group"].as_str().unwrap().to_owned(),
+                r["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            ("GATEWAY-PUBLIC".to_owned(), "static".to_owned()),
+            ("GATEWAY-EDGE".to_owned(), "sql".to_owned())
+        ]
+    );
+    assert_eq!(
+        planned["gateways"].as_array().unwrap().len(),
+        2,
+        "each node once"
+    );
+    assert_eq!(eureka.status("ORDER-SERVICE", ORDER).as_deref(), Some("UP"));
+}
