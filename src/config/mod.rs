@@ -30,7 +30,7 @@ pub use registry::{
     EurekaSettings, FileRegistrySettings, PASSWORD_REDACTED, RedactedUrl, RegistrySettings,
     ZookeeperSettings,
 };
-pub use security::SecuritySettings;
+pub use security::{BrowserPolicy, SecuritySettings};
 pub use server::{LogFormat, LogSettings, ServerSettings};
 pub use store::StoreSettings;
 
@@ -42,7 +42,9 @@ pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 7] = [
+const LIST_KEYS: [&str; 9] = [
+    "security.hostnames",
+    "security.allowed_origins",
     "groups.source",
     "security.allow",
     "security.deny",

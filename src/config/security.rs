@@ -13,6 +13,16 @@ use crate::domain::operation::RECONCILER_PRINCIPAL as RESERVED_PRINCIPAL;
 pub struct SecuritySettings {
     pub policy: CallerPolicy,
     pub tokens: TokenSet,
+    pub browser: BrowserPolicy,
+}
+
+/// What a web browser may reach (requests with `Origin` or `Sec-Fetch-*`).
+#[derive(Debug, Clone, Default)]
+pub struct BrowserPolicy {
+    /// Host names the service is reached by in a browser, besides addresses and localhost.
+    pub hostnames: Vec<String>,
+    /// Origins (`https://console.example`) whose pages may call the API.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -23,6 +33,8 @@ pub(super) struct RawSecurity {
     trusted_proxies: Vec<String>,
     probes: Vec<String>,
     tokens: Vec<RawToken>,
+    hostnames: Vec<String>,
+    allowed_origins: Vec<String>,
 }
 
 /// A token is a bare secret (its principal is then `token-N`) or a named one.
@@ -71,9 +83,33 @@ impl RawSecurity {
             }
             tokens.push(ApiToken::new(principal, secret));
         }
+        let mut allowed_origins = Vec::with_capacity(self.allowed_origins.len());
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+            let parsed = url::Url::parse(&origin).ok().filter(|url| {
+                matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some()
+                    && url.path() == "/"
+            });
+            if parsed.is_none() {
+                return Err(invalid(
+                    format!("security.allowed_origins[{i}]"),
+                    format!("'{origin}' is not an origin such as https://console.example"),
+                ));
+            }
+            allowed_origins.push(origin);
+        }
         Ok(SecuritySettings {
             policy,
             tokens: TokenSet::new(tokens),
+            browser: BrowserPolicy {
+                hostnames: self
+                    .hostnames
+                    .iter()
+                    .map(|name| name.trim().to_ascii_lowercase())
+                    .collect(),
+                allowed_origins,
+            },
         })
     }
 }

@@ -20,7 +20,10 @@ pub struct OperationId(ulid::Ulid);
 
 /// Why a string is not an operation id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not an operation id (op_ followed by 26 characters)")]
+#[error(
+    "'{0}' is not an operation id: op_ followed by 26 characters of 0-9 and A-Z without I, L, O \
+     and U, the first one 0-7, as synchspeed writes them"
+)]
 pub struct InvalidOperationId(String);
 
 impl OperationId {
@@ -32,8 +35,14 @@ impl OperationId {
 impl FromStr for OperationId {
     type Err = InvalidOperationId;
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        // One spelling per id: Crockford's base32 decodes lower case, I, L and O as other
+        // digits, and a first digit past 7 overflows into another id. Only the spelling
+        // synchspeed writes is an id.
         raw.strip_prefix("op_")
-            .and_then(|ulid| ulid::Ulid::from_string(ulid).ok())
+            .and_then(|ulid| {
+                let parsed = ulid::Ulid::from_string(ulid).ok()?;
+                (parsed.to_string() == ulid).then_some(parsed)
+            })
             .map(Self)
             .ok_or_else(|| InvalidOperationId(raw.chars().take(64).collect()))
     }
@@ -389,6 +398,22 @@ mod tests {
         let id = OperationId::generate();
         assert_eq!(id.to_string().parse::<OperationId>().unwrap(), id);
         assert!("op_nope".parse::<OperationId>().is_err());
+        // Aliases of one id are no ids: lower case, a first digit past 7, I/L/O for 1/1/0.
+        let canonical = id.to_string();
+        let ulid = &canonical[3..];
+        assert!(
+            format!("op_{}", ulid.to_lowercase())
+                .parse::<OperationId>()
+                .is_err()
+        );
+        for first in ['8', 'G', 'R', 'Z'] {
+            let alias = format!("op_{first}{}", &ulid[1..]);
+            assert!(alias.parse::<OperationId>().is_err(), "{alias}");
+        }
+        let with_o = format!("op_{}", ulid.replacen('0', "O", 1));
+        if with_o != canonical {
+            assert!(with_o.parse::<OperationId>().is_err(), "{with_o}");
+        }
         assert!("01JD3T0Q9K6N5ZV7X4B2C8M1EA".parse::<OperationId>().is_err());
     }
 

@@ -25,6 +25,7 @@ impl Orchestrator {
             let plan = self.plan(&request.targets).await?;
             let mut operation = new_operation(&request, &plan);
             operation.state = OperationState::Planned;
+            self.remember_dry_run(&operation);
             return Ok(DrainOutcome::Planned(operation));
         }
         if self.tasks.is_closed() {

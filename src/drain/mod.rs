@@ -80,7 +80,13 @@ pub struct Orchestrator {
     claimed_keys: ClaimedKeys,
     /// Settles answered from memory that the journal does not have yet.
     settling: Arc<Settling>,
+    /// The latest dry runs, so that a planned operation's id can be fetched like any other
+    /// for a while; never journaled (nothing happened).
+    dry_runs: Mutex<std::collections::VecDeque<Operation>>,
 }
+
+/// Dry runs kept fetchable by id.
+const DRY_RUNS_KEPT: usize = 256;
 
 /// Dependencies of the orchestrator, built by `startup`.
 pub struct Parts {
@@ -139,6 +145,7 @@ impl Orchestrator {
             lanes: Lanes::default(),
             claimed_keys: ClaimedKeys::default(),
             settling: Arc::default(),
+            dry_runs: Mutex::default(),
         })
     }
 
@@ -206,11 +213,18 @@ impl Orchestrator {
         }
     }
 
-    /// An operation, live if its fan-out is running, else from the store.
+    /// An operation, live if its fan-out is running, one of the latest dry runs, else from
+    /// the store.
     pub async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         let live = lock(&self.live)
             .get(id)
-            .map(|live| live.progress.borrow().clone());
+            .map(|live| live.progress.borrow().clone())
+            .or_else(|| {
+                lock(&self.dry_runs)
+                    .iter()
+                    .find(|planned| planned.id == *id)
+                    .cloned()
+            });
         match live {
             Some(operation) => Ok(Some(operation)),
             None => self.store.operation(id).await,
@@ -252,6 +266,17 @@ impl Orchestrator {
             }
         }
         finished
+    }
+}
+
+impl Orchestrator {
+    /// Keeps a dry run fetchable by its id, the oldest forgotten first.
+    fn remember_dry_run(&self, operation: &Operation) {
+        let mut kept = lock(&self.dry_runs);
+        if kept.len() == DRY_RUNS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(operation.clone());
     }
 }
 

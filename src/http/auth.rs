@@ -40,9 +40,11 @@ fn identify(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<C
         .client_addr(peer.ip(), &forwarded)
         .map_err(|e| ApiError::bad_request("bad_forwarded_for", e.to_string()))?;
     security.policy.check(addr).map_err(|denied| {
+        // The range that denied it is the operators' business: the log has it, the caller
+        // is told its own address only.
         tracing::warn!(caller = %addr, peer = %peer.ip(), "caller refused: {denied}");
         ApiError::Forbidden(format!(
-            "{denied}; ask the operators of synchspeed to allow it"
+            "caller {addr} may not call synchspeed; ask its operators to allow it"
         ))
     })?;
     if !security.tokens.is_required() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -38,6 +38,16 @@ pub async fn read_body(
             limit: limits.bytes,
         });
     }
+    let json = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|essence| {
+            let essence = essence.trim().to_ascii_lowercase();
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        });
     let (parts, body) = request.into_parts();
     let collected = tokio::time::timeout(limits.time, Limited::new(body, limits.bytes).collect());
     let bytes = match collected.await {
@@ -55,6 +65,11 @@ pub async fn read_body(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    // A form or a text/plain POST is what any web page may send anywhere without asking:
+    // a body is taken as JSON only.
+    if !bytes.iter().all(u8::is_ascii_whitespace) && json != Some(true) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
     Ok(next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await)

@@ -33,6 +33,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the request body did not arrive within {after:?} (server.body_read_timeout)")]
     BodyTimeout { after: std::time::Duration },
+    #[error("a request body must be JSON, sent with Content-Type: application/json")]
+    UnsupportedMediaType,
     #[error("too many operations in flight; try again in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
     /// The registry refused the change (the operation failed; nothing was notified).
@@ -79,6 +81,19 @@ impl ApiError {
         }
     }
 
+    /// The same status and code with a message that says nothing of the cause: for callers
+    /// who may not see it (the cause is in the log).
+    pub fn without_detail(self) -> Self {
+        match self {
+            ApiError::Unavailable { code, .. } => ApiError::Unavailable {
+                code,
+                message: format!("not ready ({code}); the log of synchspeed says why"),
+                operation: None,
+            },
+            other => other,
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
@@ -92,6 +107,9 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_operations")
             }

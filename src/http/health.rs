@@ -1,6 +1,8 @@
 //! Probes and metrics: open to every caller (load balancers and scrapers do not carry tokens).
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -18,9 +20,31 @@ pub async fn healthz() -> Response {
 /// looked up (`warnings` says what is degraded but served).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready"), (status = 503, description = "Registry or store not answering")))]
-pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn readyz(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
     let orchestrator = &state.orchestrator;
-    let warnings = orchestrator.readiness().await?;
+    // Probes are open to everyone; why it is not ready (a file's path, a database's error)
+    // is told to allowed callers only, and always logged.
+    let trusted = state.security.policy.check(peer.ip()).is_ok();
+    let warnings = match orchestrator.readiness().await {
+        Ok(warnings) => warnings,
+        Err(not_ready) => {
+            tracing::warn!("not ready: {not_ready}");
+            let error = ApiError::from(not_ready);
+            return Err(if trusted {
+                error
+            } else {
+                error.without_detail()
+            });
+        }
+    };
+    let warnings = if trusted || warnings.is_empty() {
+        warnings
+    } else {
+        vec!["degraded; the log says why".to_owned()]
+    };
     let mut body = json!({"status": "ready", "registry": orchestrator.registry_kind()});
     if !warnings.is_empty() {
         body["warnings"] = json!(warnings);

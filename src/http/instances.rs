@@ -49,7 +49,7 @@ async fn change(
         action,
         targets: vec![Target {
             ip,
-            port: options.port,
+            port: options::port_filter(options.port)?,
             app: options::app_filter(options.app)?,
         }],
         reason: options::reason(options.reason)?,

@@ -4,6 +4,7 @@
 
 mod auth;
 mod body;
+mod browser;
 pub mod error;
 mod health;
 mod instances;
@@ -65,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            browser::guard,
         ));
     Router::new()
         .merge(api)

@@ -2,7 +2,7 @@
 //! and on every log line of the request, and a count by route template and status.
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -11,6 +11,23 @@ use super::AppState;
 use crate::telemetry::RequestLabels;
 
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// The `method` label: the methods HTTP defines, and `other` for anything a caller made up,
+/// so that no caller can add series to `/metrics` (every made-up method was one).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
 
 /// A caller-supplied id is kept only if it is short and plain, so a hostile header cannot
 /// flood or forge log lines.
@@ -34,7 +51,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
         });
     request.headers_mut().insert(REQUEST_ID, id.clone());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -43,7 +60,17 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let span =
         tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"), %method, %route);
     let mut response = next.run(request).instrument(span).await;
-    response.headers_mut().insert(REQUEST_ID, id);
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, id);
+    // Answers are JSON for programs: never sniffed as something else, never cached (an
+    // operation changes until it settles; a hold list is out of date the moment it is kept).
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     state
         .metrics
         .http_requests

@@ -82,14 +82,14 @@ pub async fn list_operations(
 ) -> Result<Response, ApiError> {
     let query: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request("invalid_option", format!("query string: {e}")))?;
+    // An empty value is no filter, as an HTML form sends it (`?ip=&state=`).
+    let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
     let filter = OperationFilter {
-        ip: query
-            .ip
+        ip: given(query.ip)
             .map(|ip| parse_ip(&ip).map_err(|e| ApiError::bad_request("invalid_ip", e.to_string())))
             .transpose()?,
-        app: options::app_filter(query.app)?,
-        state: query
-            .state
+        app: options::app_filter(given(query.app))?,
+        state: given(query.state)
             .map(|s| {
                 s.parse::<OperationState>()
                     .map_err(|e| ApiError::bad_request("invalid_option", e))
@@ -192,7 +192,9 @@ pub async fn post_batch(
                 ip: parse_ip(&target.ip).map_err(|e| {
                     ApiError::bad_request("invalid_ip", format!("targets[{i}]: {e}"))
                 })?,
-                port: target.port,
+                port: options::port_filter(target.port).map_err(|e| {
+                    ApiError::bad_request("invalid_option", format!("targets[{i}]: {e}"))
+                })?,
                 app: target
                     .app
                     .map(|app| {

@@ -15,6 +15,21 @@ use crate::domain::AppName;
 /// Longest `reason` kept in the audit trail.
 pub const MAX_REASON: usize = 1024;
 
+/// The shortest `timeout` a caller may wait: below it a wait could not see even one node
+/// answer, and would be a 504 by construction.
+pub const MIN_WAIT: Duration = Duration::from_millis(100);
+
+/// A port filter: 1 to 65535 (no instance listens on port 0).
+pub fn port_filter(port: Option<u16>) -> Result<Option<u16>, ApiError> {
+    match port {
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_option",
+            "port must be between 1 and 65535",
+        )),
+        other => Ok(other),
+    }
+}
+
 /// Options of `POST /api/v1/instances/{ip}/offline` and `/online`.
 #[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -149,18 +164,23 @@ pub fn wait(
 ) -> Result<Option<Duration>, ApiError> {
     let timeout = timeout
         .map(|raw| {
-            humantime::parse_duration(raw.trim())
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_duration",
-                        format!(
-                            "timeout '{}' is not a duration such as 10s or 500ms",
-                            raw.chars().take(40).collect::<String>()
-                        ),
-                    )
-                })
+            let shown = raw.chars().take(40).collect::<String>();
+            let timeout = humantime::parse_duration(raw.trim()).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_duration",
+                    format!("timeout '{shown}' is not a duration such as 10s or 500ms"),
+                )
+            })?;
+            if timeout < MIN_WAIT {
+                return Err(ApiError::bad_request(
+                    "invalid_duration",
+                    format!(
+                        "timeout '{shown}' is shorter than {}ms",
+                        MIN_WAIT.as_millis()
+                    ),
+                ));
+            }
+            Ok(timeout)
         })
         .transpose()?;
     if !wait.unwrap_or(false) {

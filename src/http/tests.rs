@@ -274,3 +274,191 @@ async fn a_batch_takes_its_options_from_the_query_too() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(h.registry.status_of("a"), Status::OutOfService);
 }
+
+async fn send_with(
+    router: &axum::Router,
+    request: Request<Body>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        headers,
+    )
+}
+
+/// A page on another site, opened in a browser on an allowed host, cannot change anything:
+/// not with a form, not with `fetch`, not under a rebound name.
+#[tokio::test]
+async fn browser_requests_from_elsewhere_change_nothing() {
+    let h = serve(harness().await, LOOPBACK, "127.0.0.1:40000");
+    let offline = "/api/v1/instances/10.0.0.5/offline";
+    let form = Request::builder()
+        .method("POST")
+        .uri(offline)
+        .header("host", "127.0.0.1:8080")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("reason=x"))
+        .unwrap();
+    let (status, body, _) = send_with(&h.router, form).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let text_plain = Request::builder()
+        .method("POST")
+        .uri(offline)
+        .header("content-type", "text/plain")
+        .body(Body::from("{\"reason\":\"x\"}"))
+        .unwrap();
+    let (status, ..) = send_with(&h.router, text_plain).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let cross_origin = Request::builder()
+        .method("POST")
+        .uri(offline)
+        .header("host", "127.0.0.1:8080")
+        .header("origin", "https://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = send_with(&h.router, cross_origin).await;
+    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"));
+    let rebound = Request::builder()
+        .method("POST")
+        .uri(offline)
+        .header("host", "evil.example:8080")
+        .header("origin", "http://evil.example:8080")
+        .body(Body::empty())
+        .unwrap();
+    let (status, ..) = send_with(&h.router, rebound).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(h.registry.writes().is_empty(), "nothing was changed");
+
+    // The service's own origin, and a program with no Origin at all, are served.
+    let own = Request::builder()
+        .method("POST")
+        .uri("/api/v1/instances/10.0.0.5/offline?dry_run=true")
+        .header("host", "127.0.0.1:8080")
+        .header("origin", "http://127.0.0.1:8080")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, headers) = send_with(&h.router, own).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["cache-control"], "no-store");
+}
+
+#[tokio::test]
+async fn loose_values_and_aliased_ids_are_refused() {
+    let h = serve(harness().await, LOOPBACK, "127.0.0.1:40000");
+    let (status, body, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline?port=0",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_option"),
+        "{body}"
+    );
+    let (status, body, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline?wait=true&timeout=1ns",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_duration"),
+        "{body}"
+    );
+    assert!(h.registry.writes().is_empty());
+    let (status, _, _) = call(&h.router, "GET", "/api/v1/operations?ip=&state=&app=", None).await;
+    assert_eq!(status, StatusCode::OK, "an empty filter is no filter");
+
+    let (_, planned, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline?dry_run=true",
+        None,
+    )
+    .await;
+    let id = planned["id"].as_str().unwrap().to_owned();
+    let (status, fetched, _) =
+        call(&h.router, "GET", &format!("/api/v1/operations/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "a dry run's id can be fetched");
+    assert_eq!(fetched["state"], "planned");
+    let lower = format!("op_{}", id[3..].to_lowercase());
+    let (status, body, _) = call(
+        &h.router,
+        "GET",
+        &format!("/api/v1/operations/{lower}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_id")
+    );
+    let overflow = format!("op_8{}", &id[4..]);
+    let (status, ..) = call(
+        &h.router,
+        "GET",
+        &format!("/api/v1/operations/{overflow}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{overflow} is no spelling of an id"
+    );
+}
+
+#[tokio::test]
+async fn made_up_methods_add_no_series_and_403_names_no_range() {
+    let h = serve(
+        harness().await,
+        "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.1/32\"]",
+        "127.0.0.1:40000",
+    );
+    for n in 0..20 {
+        let method = format!("BREW{n}");
+        call(&h.router, &method, "/healthz", None).await;
+    }
+    let (status, body, _) = call(&h.router, "GET", "/api/v1/offline", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("127.0.0.1"), "{message}");
+    assert!(
+        !message.contains("/32"),
+        "the denied range is not told: {message}"
+    );
+    let response = h
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(!text.contains("BREW"), "{text}");
+    assert!(text.contains("method=\"other\""), "{text}");
+}

@@ -65,6 +65,7 @@ async fn bad_requests_are_400_with_a_precise_code_and_change_nothing() {
     let unknown_field = app
         .client
         .post(app.url("/api/v1/instances/10.0.0.5/offline"))
+        .header("content-type", "application/json")
         .body("{\"prot\": 8080}")
         .send()
         .await
