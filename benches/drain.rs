@@ -440,23 +440,33 @@ async fn read_rps(service: &Service) -> f64 {
 
 /// The 100-node run again, its gateway groups read from a PostgreSQL route table holding the
 /// same mapping: the plan step must not notice (the mapping is cached off the latency path).
-/// `None` when no PostgreSQL answers on 127.0.0.1:5432.
+/// Why not, when it could not run (no PostgreSQL on 127.0.0.1:5432).
 async fn sql_groups_run(
     eureka: &EurekaDouble,
     groups: &[(String, String)],
-) -> Option<(f64, f64, Vec<f64>)> {
+) -> Result<(f64, f64, Vec<f64>), String> {
     use sqlx::{AssertSqlSafe, Connection};
     let admin = "postgres://postgres@127.0.0.1:5432";
+    let failed = |what: &str, e: sqlx::Error| format!("{what}: {e}");
     let mut conn = sqlx::PgConnection::connect(&format!("{admin}/postgres"))
         .await
-        .ok()?;
+        .map_err(|e| failed("no PostgreSQL on 127.0.0.1:5432", e))?;
     let name = format!("synchspeed_bench_{}", std::process::id());
-    let create = AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-    ));
-    sqlx::raw_sql(create).execute(&mut conn).await.ok()?;
+    // One statement each: CREATE DATABASE cannot run inside the implicit transaction of a
+    // multi-statement query.
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::raw_sql(AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| failed("creating the bench's database", e))?;
+    }
     let url = format!("{admin}/{name}");
-    let mut table = sqlx::PgConnection::connect(&url).await.ok()?;
+    let mut table = sqlx::PgConnection::connect(&url)
+        .await
+        .map_err(|e| failed("connecting to the bench's database", e))?;
     let mut fill = String::from("CREATE TABLE gw_route (service_id TEXT, gateway_group TEXT);");
     for (app, group) in groups {
         fill.push_str(&format!(
@@ -466,7 +476,7 @@ async fn sql_groups_run(
     sqlx::raw_sql(AssertSqlSafe(fill))
         .execute(&mut table)
         .await
-        .ok()?;
+        .map_err(|e| failed("filling the route table", e))?;
     drop(table);
     let routes = format!(
         "[groups]\nsource = \"sql\"\n[groups.sql]\nurl = \"{url}\"\n\
@@ -481,7 +491,7 @@ async fn sql_groups_run(
     drop(service);
     let drop_db = AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     let _ = sqlx::raw_sql(drop_db).execute(&mut conn).await;
-    Some((p50, p99, steps))
+    Ok((p50, p99, steps))
 }
 
 async fn run() {
@@ -648,7 +658,7 @@ async fn run() {
         .find(|(count, ..)| *count == FLOOR_NODES)
         .map_or(f64::NAN, |(_, _, _, steps)| steps[Step::Plan as usize]);
     match &sql {
-        Some((p50, p99, steps)) => println!(
+        Ok((p50, p99, steps)) => println!(
             "{:<34} {:>10.3} {:>10.3}   plan step {:.3} ms (static: {:.3} ms)",
             "100 nodes, groups from PostgreSQL",
             p50,
@@ -656,10 +666,7 @@ async fn run() {
             steps[Step::Plan as usize],
             static_plan
         ),
-        None => println!(
-            "{:<34} skipped: no PostgreSQL on 127.0.0.1:5432",
-            "groups from PostgreSQL"
-        ),
+        Err(why) => println!("{:<34} skipped: {why}", "groups from PostgreSQL"),
     }
 
     let report = json!({
@@ -670,7 +677,7 @@ async fn run() {
         "mass": {"instances": MASS_INSTANCES, "nodes": MASS_NODES, "seconds": round(mass_seconds)},
         "read_rps": reads.round(),
         "rss_mb": {"idle": round(rss_idle), "after_mass": round(rss_after_mass)},
-        "groups_sql_nodes_100": sql.as_ref().map(|(p50, p99, steps)| json!({
+        "groups_sql_nodes_100": sql.as_ref().ok().map(|(p50, p99, steps)| json!({
             "p50": round(*p50),
             "p99": round(*p99),
             "plan_ms": round(steps[Step::Plan as usize]),
