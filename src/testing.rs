@@ -12,16 +12,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::domain::{Action, AppName, Instance, OperationId, PeerOutcome, PeerResult, Status};
+use crate::domain::{Hold, InstanceKey, Operation};
 use crate::drain::{Orchestrator, Parts};
 use crate::gateway::fanout::FanOut;
 use crate::gateway::nodes::NodeDirectory;
 use crate::gateway::{Delivery, GatewayNode, Notification, Notifier, Progress};
 use crate::groups::{GroupRoute, GroupSource, GroupsError, StaticGroups};
 use crate::registry::{Registry, RegistryError, StatusChange};
-use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{DesiredState, IdempotencyKey, OperationFilter, Store, StoreError};
 use crate::sync::lock;
 use crate::telemetry::Metrics;
+use std::collections::HashMap;
 
 pub(crate) const APP: &str = "ORDER-SERVICE";
 pub(crate) const GROUP: &str = "GATEWAY-PUBLIC";
@@ -211,18 +213,107 @@ pub(crate) fn fleet() -> Arc<MemoryRegistry> {
     ])
 }
 
+/// A real SQLite store whose writes fail on demand, as a full disk or a read-only mount
+/// makes them fail.
+pub(crate) struct FailingStore {
+    store: Arc<SqliteStore>,
+    pub(crate) writes_fail: std::sync::atomic::AtomicBool,
+}
+
+impl FailingStore {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.writes_fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Database(sqlx::Error::Io(
+                std::io::Error::other("database or disk is full"),
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for FailingStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.store.ping().await
+    }
+    async fn insert_operation(
+        &self,
+        operation: &Operation,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.store.insert_operation(operation, key).await
+    }
+    async fn idempotent_operation(
+        &self,
+        principal: &str,
+        key: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(String, OperationId)>, StoreError> {
+        self.store.idempotent_operation(principal, key, since).await
+    }
+    async fn prune_idempotency_keys(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        self.store.prune_idempotency_keys(before).await
+    }
+    async fn update_operation(&self, operation: &Operation) -> Result<(), StoreError> {
+        self.check()?;
+        self.store.update_operation(operation).await
+    }
+    async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+        self.store.operation(id).await
+    }
+    async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError> {
+        self.store.operations(filter).await
+    }
+    async fn last_operation_ids(&self) -> Result<Vec<(IpAddr, OperationId)>, StoreError> {
+        self.store.last_operation_ids().await
+    }
+    async fn unfinished_operations(&self) -> Result<Vec<Operation>, StoreError> {
+        self.store.unfinished_operations().await
+    }
+    async fn record_registry_step(
+        &self,
+        operation: &Operation,
+        desired: &DesiredState,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.store.record_registry_step(operation, desired).await
+    }
+    async fn release_holds(&self, keys: &[InstanceKey]) -> Result<(), StoreError> {
+        self.check()?;
+        self.store.release_holds(keys).await
+    }
+    async fn holds(&self) -> Result<Vec<Hold>, StoreError> {
+        self.store.holds().await
+    }
+    async fn file_statuses(&self) -> Result<HashMap<InstanceKey, Status>, StoreError> {
+        self.store.file_statuses().await
+    }
+    async fn set_file_status(&self, key: &InstanceKey, status: Status) -> Result<(), StoreError> {
+        self.check()?;
+        self.store.set_file_status(key, status).await
+    }
+}
+
 pub(crate) struct Harness {
     pub(crate) orchestrator: Orchestrator,
     pub(crate) registry: Arc<MemoryRegistry>,
     pub(crate) notifier: Arc<RecordingNotifier>,
     pub(crate) store: Arc<SqliteStore>,
+    /// The store the orchestrator writes to: `store`, failing on demand.
+    pub(crate) failing: Arc<FailingStore>,
     pub(crate) _dir: tempfile::TempDir,
 }
 
 pub(crate) async fn orchestrator_on(
     registry: &Arc<MemoryRegistry>,
     groups: Arc<dyn GroupSource>,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     notifier: &Arc<RecordingNotifier>,
 ) -> Orchestrator {
     let settings = Settings::from_toml("").unwrap();
@@ -233,7 +324,7 @@ pub(crate) async fn orchestrator_on(
         groups,
         nodes: NodeDirectory::new(nodes, as_registry, None),
         fanout: FanOut::new(Arc::clone(notifier) as Arc<dyn Notifier>, 16),
-        store: Arc::clone(store) as Arc<dyn Store>,
+        store: Arc::clone(store),
         metrics: Arc::new(Metrics::new()),
         settings: settings.drain,
     })
@@ -245,14 +336,20 @@ pub(crate) async fn harness_with(groups: Arc<dyn GroupSource>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("journal.db").display());
     let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
+    let failing = Arc::new(FailingStore {
+        store: Arc::clone(&store),
+        writes_fail: std::sync::atomic::AtomicBool::new(false),
+    });
     let registry = fleet();
     let notifier = Arc::new(RecordingNotifier::default());
-    let orchestrator = orchestrator_on(&registry, groups, &store, &notifier).await;
+    let writes_to: Arc<dyn Store> = Arc::clone(&failing) as Arc<dyn Store>;
+    let orchestrator = orchestrator_on(&registry, groups, &writes_to, &notifier).await;
     Harness {
         orchestrator,
         registry,
         notifier,
         store,
+        failing,
         _dir: dir,
     }
 }

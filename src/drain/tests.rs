@@ -221,13 +221,14 @@ async fn an_operation_left_before_its_registry_step_is_carried_to_the_end() {
     assert!(h.registry.writes().is_empty());
 
     // The next start on the same store.
+    let store: Arc<dyn Store> = Arc::clone(&h.store) as Arc<dyn Store>;
     let restarted = orchestrator_on(
         &h.registry,
         Arc::new(StaticGroups::new(BTreeMap::from([(
             app(APP),
             vec![app(GROUP)],
         )]))),
-        &h.store,
+        &store,
         &h.notifier,
     )
     .await;

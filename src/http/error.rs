@@ -163,8 +163,19 @@ impl IntoResponse for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// A store that cannot be read or written is unavailable, said as such (503): the caller
+    /// can retry, or try another time. A record that does not parse is synchspeed's fault.
     fn from(error: StoreError) -> Self {
-        ApiError::Internal(error.to_string())
+        match error {
+            StoreError::Corrupt(_) => ApiError::Internal(error.to_string()),
+            StoreError::Database(_) | StoreError::Migrate(_) => ApiError::Unavailable {
+                code: "store_unavailable",
+                message: format!(
+                    "synchspeed's store (its journal) cannot be used: {error}; nothing was changed and no gateway was told"
+                ),
+                operation: None,
+            },
+        }
     }
 }
 
@@ -221,7 +232,7 @@ impl From<DrainError> for ApiError {
                 message: format!("{e}; nothing was changed"),
                 operation: None,
             },
-            DrainError::Store(e) => ApiError::Internal(e.to_string()),
+            DrainError::Store(e) => ApiError::from(e),
         }
     }
 }

@@ -21,6 +21,7 @@ struct Served {
     router: axum::Router,
     registry: Arc<MemoryRegistry>,
     notifier: Arc<RecordingNotifier>,
+    failing: Arc<crate::testing::FailingStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,6 +43,7 @@ fn serve(h: Harness, security: &str, peer: &str) -> Served {
         router: router(state).layer(MockConnectInfo(peer)),
         registry: h.registry,
         notifier: h.notifier,
+        failing: h.failing,
         _dir: h._dir,
     }
 }
@@ -461,4 +463,54 @@ async fn made_up_methods_add_no_series_and_403_names_no_range() {
     .unwrap();
     assert!(!text.contains("BREW"), "{text}");
     assert!(text.contains("method=\"other\""), "{text}");
+}
+
+/// A store that cannot be written (a full disk): a precise 503 naming the store, nothing
+/// changed, nobody told, and `/readyz` not ready until it takes writes again.
+#[tokio::test]
+async fn a_store_that_cannot_be_written_is_a_503_and_readyz_says_so() {
+    let h = serve(harness().await, LOOPBACK, "127.0.0.1:40000");
+    h.failing
+        .writes_fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, body, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("store"),
+        "{body}"
+    );
+    assert!(
+        h.registry.writes().is_empty(),
+        "the registry was not touched"
+    );
+    assert!(h.notifier.heard().is_empty());
+    let (status, body, _) = call(&h.router, "GET", "/readyz", None).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+    );
+
+    h.failing
+        .writes_fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, ..) = call(&h.router, "GET", "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, ..) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
 }

@@ -62,6 +62,8 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
+        // Refuse a store that cannot be written now rather than fail the first offline.
+        probe_write(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(3)
             .test_before_acquire(false)
@@ -104,6 +106,14 @@ impl SqliteStore {
         }
         self.writer.close().await;
     }
+}
+
+async fn probe_write(writer: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query("UPDATE liveness SET written_at = ? WHERE id = 1")
+        .bind(Utc::now().timestamp_millis())
+        .execute(writer)
+        .await?;
+    Ok(())
 }
 
 fn encode_operation(operation: &Operation) -> Result<String, StoreError> {
@@ -183,9 +193,10 @@ async fn delete_holds(
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// A write, not a read: a store that answers reads but cannot be written (a full
+    /// disk, a read-only mount) would take no operation.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.readers).await?;
-        Ok(())
+        probe_write(&self.writer).await
     }
 
     async fn insert_operation(

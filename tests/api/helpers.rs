@@ -203,6 +203,11 @@ impl TestApp {
         Self::spawn_in(config, dir, false).await
     }
 
+    /// The settings `config` makes with its store at `store`.
+    pub fn settings_with_store(config: &TestConfig, store: &std::path::Path) -> Settings {
+        Settings::from_toml(&config.to_toml(store)).expect("test config is valid")
+    }
+
     /// What the start says when it refuses `config` (the app must not start).
     pub async fn start_error(config: TestConfig) -> String {
         let dir = tempfile::tempdir().unwrap();

@@ -173,3 +173,68 @@ async fn the_file_registry_keeps_statuses_in_the_store() {
     })
     .await;
 }
+
+/// A tmpfs of the test's own, mounted on a folder of its temporary directory (root only).
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &std::path::Path) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(at)
+            .status()
+            .ok()?
+            .success();
+        mounted.then(|| Self(at.to_owned()))
+    }
+
+    fn read_only(&self) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remounting read-only");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A store on a file system that went read-only (the journal is there, migrated, and can be
+/// read, but not written): the service refuses to start rather than fail every offline.
+#[tokio::test]
+async fn a_store_that_cannot_be_written_stops_the_start() {
+    use synchspeed::startup::Application;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = Mount::tmpfs(&dir.path().join("store")) else {
+        // Mounting needs root; the machines this project runs on, CI's included, give it.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must mount"
+        );
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    };
+    let eureka = EurekaDouble::with_order_service().await;
+    let config = TestConfig::eureka(&[eureka.url()]);
+    let store = mount.0.join("synchspeed.db");
+    let app = Application::build(TestApp::settings_with_store(&config, &store))
+        .await
+        .expect("a writable store opens");
+    app.stop().await.unwrap();
+
+    mount.read_only();
+    let error = match Application::build(TestApp::settings_with_store(&config, &store)).await {
+        Ok(_) => panic!("the service started on a store it cannot write"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("opening the store") && error.contains("synchspeed.db"),
+        "names the store: {error}"
+    );
+}
