@@ -77,6 +77,11 @@ pub struct HoldEndLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub why: &'static str,
 }
@@ -147,6 +152,8 @@ pub struct Metrics {
     /// Passes of the reconciler over every hold: tests and dashboards see it is alive.
     pub reconcile_runs: Counter,
     pub holds_ended: Family<HoldEndLabels, Counter>,
+    /// Re-assertions of lost holds, by what found the loss.
+    pub reassertions: Family<TriggerLabels, Counter>,
     /// Connections open now.
     pub connections_open: Gauge,
     /// How old the oldest part of the SQL route mapping in use is.
@@ -220,6 +227,12 @@ impl Metrics {
             "Holds that ended without an online call, by why (departed, replaced, expired)",
             holds_ended.clone(),
         );
+        let reassertions = Family::<TriggerLabels, Counter>::default();
+        registry.register(
+            "reassertions",
+            "Holds a registry lost, re-asserted, by what found the loss: change (a watch event or a refresh), peer_back (a peer that had failed answers again), periodic (the reconciler's pass)",
+            reassertions.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "connections_open",
@@ -264,6 +277,7 @@ impl Metrics {
             step_seconds,
             reconcile_runs,
             holds_ended,
+            reassertions,
             connections_open,
             connections_refused,
             groups_mapping_age_seconds,

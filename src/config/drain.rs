@@ -1,10 +1,12 @@
 //! `[drain]`: how operations are waited for, bounded, and kept to afterwards.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, invalid, positive_duration};
+use super::{ConfigError, app_name, invalid, positive_duration};
+use crate::domain::AppName;
 
 #[derive(Debug, Clone)]
 pub struct DrainSettings {
@@ -22,6 +24,17 @@ pub struct DrainSettings {
     pub retry_max: Duration,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
+    /// The fewest UP instances an offline may leave an app with (0: no guard), per app.
+    pub min_up: BTreeMap<AppName, usize>,
+    /// The same for every app not listed (`"*"`).
+    pub min_up_default: usize,
+}
+
+impl DrainSettings {
+    /// The fewest UP instances an offline may leave `app` with.
+    pub fn min_up_of(&self, app: &AppName) -> usize {
+        self.min_up.get(app).copied().unwrap_or(self.min_up_default)
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -34,6 +47,9 @@ pub(super) struct RawDrain {
     reconcile_every: String,
     retry_max: String,
     idempotency_ttl: String,
+    /// An empty table by default (no guard), which the merged layers may leave out.
+    #[serde(default)]
+    min_up: BTreeMap<String, usize>,
 }
 
 impl RawDrain {
@@ -57,6 +73,13 @@ impl RawDrain {
             reconcile_every: positive_duration("drain.reconcile_every", &self.reconcile_every)?,
             retry_max: positive_duration("drain.retry_max", &self.retry_max)?,
             idempotency_ttl: positive_duration("drain.idempotency_ttl", &self.idempotency_ttl)?,
+            min_up_default: self.min_up.get("*").copied().unwrap_or(0),
+            min_up: self
+                .min_up
+                .iter()
+                .filter(|(app, _)| app.as_str() != "*")
+                .map(|(app, count)| Ok((app_name(&format!("drain.min_up.{app}"), app)?, *count)))
+                .collect::<Result<_, ConfigError>>()?,
         })
     }
 }

@@ -104,7 +104,7 @@ fn an_empty_file_yields_every_documented_default() {
     assert_eq!(drain.wait_timeout_max, secs(300));
     assert_eq!(drain.max_in_flight, 1024);
     assert_eq!(drain.hold_max, secs(24 * 3600));
-    assert_eq!(drain.reconcile_every, secs(30));
+    assert_eq!(drain.reconcile_every, secs(10));
     assert_eq!(drain.retry_max, secs(300));
     assert_eq!(drain.idempotency_ttl, secs(24 * 3600));
 
@@ -201,7 +201,7 @@ fn the_effective_configuration_shows_every_layer_with_secrets_redacted() {
         Some("ci")
     );
     // From the defaults under it.
-    assert_eq!(value["drain"]["reconcile_every"].as_str(), Some("30s"));
+    assert_eq!(value["drain"]["reconcile_every"].as_str(), Some("10s"));
     assert_eq!(value["server"]["listen"].as_str(), Some("0.0.0.0:8080"));
     // What it shows is itself a configuration that loads (secrets aside).
     assert!(shown.contains("[gateway.haproxy]"), "{shown}");

@@ -12,8 +12,8 @@ use super::idempotency::key_of;
 use super::plan::{self, Plan, describe};
 use super::{DrainError, DrainOutcome, DrainRequest, Orchestrator};
 use crate::domain::{
-    Action, InstanceResult, NodeResult, NodeState, Operation, OperationId, OperationState, Status,
-    Target,
+    Action, InstanceResult, NodeResult, NodeState, Operation, OperationId, OperationState, Origin,
+    Status, Target,
 };
 use crate::store::StoreError;
 use crate::telemetry::{Metrics, OperationLabels, Step};
@@ -23,8 +23,19 @@ impl Orchestrator {
     pub async fn execute(&self, request: DrainRequest) -> Result<DrainOutcome, DrainError> {
         if request.dry_run {
             let plan = self.plan(&request.targets).await?;
+            let guard = self.guard(&request, &plan).await?;
             let mut operation = new_operation(&request, &plan);
             operation.state = OperationState::Planned;
+            // What the guard would say, as a warning: a dry run refuses nothing.
+            operation
+                .warnings
+                .extend(guard.into_iter().map(|violation| {
+                    if request.force {
+                        format!("forced past drain.min_up: {violation}")
+                    } else {
+                        format!("drain.min_up would refuse this offline: {violation}")
+                    }
+                }));
             self.remember_dry_run(&operation);
             return Ok(DrainOutcome::Planned(operation));
         }
@@ -62,7 +73,16 @@ impl Orchestrator {
         {
             return Ok(DrainOutcome::AlreadyHeld(operation));
         }
+        let guard = self.guard(&request, &plan).await?;
+        if !guard.is_empty() && !request.force {
+            return Err(DrainError::MinUp(guard.join("; ")));
+        }
         let mut operation = new_operation(&request, &plan);
+        operation.warnings.extend(
+            guard
+                .into_iter()
+                .map(|violation| format!("forced past drain.min_up: {violation}")),
+        );
         // Journal before the first side effect.
         let journaling = self.metrics.time(Step::Journal);
         self.store
@@ -116,6 +136,15 @@ impl Orchestrator {
             Some(id) => self.operation(&id).await,
             None => Ok(None),
         }
+    }
+
+    /// The `drain.min_up` guard's objections to an offline (none to an online, or to the
+    /// reconciler's re-assertion of instances already held).
+    async fn guard(&self, request: &DrainRequest, plan: &Plan) -> Result<Vec<String>, DrainError> {
+        if request.action != Action::Offline || request.origin == Origin::Reconciler {
+            return Ok(Vec::new());
+        }
+        self.min_up_violations(plan).await
     }
 
     async fn plan(&self, targets: &[Target]) -> Result<Plan, DrainError> {

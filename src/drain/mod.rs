@@ -13,8 +13,10 @@
 //!   only calls through a few methods, so another implementation (several replicas sharing
 //!   a store) can take its place.
 
+mod backoff;
 mod execute;
 mod fanout_task;
+mod guard;
 mod idempotency;
 mod index;
 mod lanes;
@@ -80,6 +82,13 @@ pub struct Orchestrator {
     claimed_keys: ClaimedKeys,
     /// Settles answered from memory that the journal does not have yet.
     settling: Arc<Settling>,
+    /// Signalled when a registry peer that had failed answers again: the reconciler checks
+    /// every hold at once instead of at its next pass.
+    recheck: tokio::sync::Notify,
+    /// When each lost hold may be re-asserted again, shared by every path that finds one (a
+    /// change, a peer back, the periodic pass): one loss is corrected once, and an instance
+    /// that keeps reverting less and less often.
+    reassertions: Mutex<backoff::Backoffs<crate::domain::InstanceKey>>,
     /// The latest dry runs, so that a planned operation's id can be fetched like any other
     /// for a while; never journaled (nothing happened).
     dry_runs: Mutex<std::collections::VecDeque<Operation>>,
@@ -146,6 +155,8 @@ impl Orchestrator {
             claimed_keys: ClaimedKeys::default(),
             settling: Arc::default(),
             dry_runs: Mutex::default(),
+            recheck: tokio::sync::Notify::new(),
+            reassertions: Mutex::default(),
         })
     }
 
@@ -270,6 +281,22 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
+    /// Whether a lost hold on `key` is to be re-asserted now; if so, the next one waits
+    /// (doubling from a second, or the reconciler's pass when shorter, up to
+    /// `drain.retry_max`), backed off even when it works: a peer that keeps reverting it is
+    /// corrected less and less often rather than in a tight loop.
+    fn reassertion_due(&self, key: &crate::domain::InstanceKey) -> bool {
+        let now = tokio::time::Instant::now();
+        let base = self.settings.reconcile_every.min(Duration::from_secs(1));
+        let max = self.settings.retry_max.max(base);
+        let mut backoffs = lock(&self.reassertions);
+        if !backoffs.due(key, now) {
+            return false;
+        }
+        backoffs.failed(key, now, base, max);
+        true
+    }
+
     /// Keeps a dry run fetchable by its id, the oldest forgotten first.
     fn remember_dry_run(&self, operation: &Operation) {
         let mut kept = lock(&self.dry_runs);

@@ -1,11 +1,20 @@
-//! Keeping the word: an instance synchspeed holds offline that shows up again as UP in the
-//! registry (its own Curator client wrote its local copy back after a reconnection) is taken
-//! out again, and the gateways are told again.
+//! Keeping the word at the speed of the registry: every change a backend's copy sees (a
+//! ZooKeeper watch event, a Eureka delta or full fetch, a re-read instances file) is compared
+//! with the desired state as it arrives.
+//!
+//! * A held instance seen as anything but OUT_OF_SERVICE (its own client wrote UP back after
+//!   a reconnection; a fast restart with the same id whose cancel removed the override) is
+//!   taken out again on every peer, and the gateways are told again. One that keeps coming
+//!   back is corrected less and less often (back-off up to `drain.retry_max`).
+//! * A held instance the copy no longer has is judged at once on every peer, uncached: when
+//!   none has it, its hold ends (so a new registration on that IP:port seconds later is new).
+//! * A peer that had failed answers again: the reconciler checks every hold at once.
 //!
 //! Each re-assertion is an operation of its own, of origin `reconciler` (shown with the
-//! principal `synchspeed-reconciler`), with the reason saying what happened: the audit trail shows every time the registry had to
-//! be corrected. A different registration on the same IP (another instance id, or a newer
-//! registration time) is a new instance and is left alone.
+//! principal `synchspeed-reconciler`), with the reason saying what happened: the audit trail
+//! shows every time the registry had to be corrected. A different registration on the same
+//! IP (another instance id, or a newer registration time where that names a process) is a
+//! new instance and is left alone.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -15,21 +24,45 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::reconcile::{Verdict, judge};
 use super::{DrainOutcome, DrainRequest, Orchestrator};
 use crate::domain::operation::RECONCILER_PRINCIPAL;
-use crate::domain::{Action, Caller, Instance, Origin, Status, Target};
+use crate::domain::{Action, Caller, HoldEnd, Instance, InstanceKey, Origin, Status, Target};
+use crate::registry::Observed;
+use crate::telemetry::TriggerLabels;
+
+/// What found a lost hold: the `trigger` of `synchspeed_reassertions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A change the registry copy saw (a watch event, a refresh).
+    Change,
+    /// A registry peer that had failed answers again.
+    PeerBack,
+    /// The reconciler's periodic pass.
+    Periodic,
+}
+
+impl Trigger {
+    fn label(self) -> &'static str {
+        match self {
+            Trigger::Change => "change",
+            Trigger::PeerBack => "peer_back",
+            Trigger::Periodic => "periodic",
+        }
+    }
+}
 
 /// Follows registry changes until `shutdown`.
 pub async fn keep_held_offline(
     orchestrator: Arc<Orchestrator>,
-    mut changes: broadcast::Receiver<Instance>,
+    mut changes: broadcast::Receiver<Observed>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let instance = tokio::select! {
+        let observed = tokio::select! {
             _ = shutdown.cancelled() => return,
             change = changes.recv() => match change {
-                Ok(instance) => instance,
+                Ok(observed) => observed,
                 Err(RecvError::Lagged(missed)) => {
                     warn!(missed, "registry changes came faster than they were checked; checking every hold");
                     sweep(&orchestrator).await;
@@ -38,7 +71,14 @@ pub async fn keep_held_offline(
                 Err(RecvError::Closed) => return,
             },
         };
-        check(&orchestrator, &instance).await;
+        match observed {
+            Observed::Seen(instance) => check(&orchestrator, &instance).await,
+            Observed::Left { key, ip } => judge_departure(&orchestrator, &key, ip).await,
+            Observed::PeerBack(peer) => {
+                info!(peer = %peer, "a registry peer answers again; checking every hold now");
+                orchestrator.recheck.notify_one();
+            }
+        }
     }
 }
 
@@ -51,12 +91,40 @@ async fn check(orchestrator: &Orchestrator, instance: &Instance) {
         .holds_on(instance.ip)
         .into_iter()
         .any(|hold| hold.is_of(instance, by_time));
-    if held {
-        reassert(orchestrator, instance, orchestrator.registry.kind()).await;
+    if !held || !orchestrator.reassertion_due(&instance.key()) {
+        return;
+    }
+    reassert(
+        orchestrator,
+        instance,
+        orchestrator.registry.kind(),
+        Trigger::Change,
+    )
+    .await;
+}
+
+/// A held instance the copy no longer has: every peer is asked, and the hold ends only
+/// when none that answered has it (a peer that cannot be asked proves nothing).
+async fn judge_departure(orchestrator: &Orchestrator, key: &InstanceKey, ip: IpAddr) {
+    let Some(hold) = orchestrator
+        .holds_on(ip)
+        .into_iter()
+        .find(|hold| hold.key() == *key)
+    else {
+        return;
+    };
+    let sightings = orchestrator.registry.sightings(key, ip).await;
+    let by_time = orchestrator.registry.registration_time_identifies_process();
+    match judge(&hold, &sightings, by_time) {
+        Verdict::Departed => orchestrator.end_hold(&hold, HoldEnd::Departed).await,
+        Verdict::Replaced => orchestrator.end_hold(&hold, HoldEnd::Replaced).await,
+        // Still on some peer: what it shows there is the periodic pass's, or the next
+        // change's, to act on.
+        Verdict::Kept | Verdict::Lost(_) | Verdict::Unknown => {}
     }
 }
 
-/// Compares every hold with the registry cache (after missed changes).
+/// Compares every hold with the registry copy (after missed changes).
 async fn sweep(orchestrator: &Orchestrator) {
     for hold in orchestrator.holds() {
         let Ok(instances) = orchestrator.registry.instances_on(hold.ip).await else {
@@ -70,10 +138,23 @@ async fn sweep(orchestrator: &Orchestrator) {
 }
 
 /// Takes `instance` out again on every peer and tells the gateways again. `seen_by` names
-/// where it showed up as UP, for the audit trail.
-pub(super) async fn reassert(orchestrator: &Orchestrator, instance: &Instance, seen_by: &str) {
+/// where it showed up as UP, for the audit trail; `trigger` what found it.
+pub(super) async fn reassert(
+    orchestrator: &Orchestrator,
+    instance: &Instance,
+    seen_by: &str,
+    trigger: Trigger,
+) {
     warn!(app = %instance.app, instance = %instance.instance_id, ip = %instance.ip,
-        status = %instance.status, "a held instance is back in the registry as {}; re-asserting OUT_OF_SERVICE", instance.status);
+        status = %instance.status, trigger = trigger.label(),
+        "a held instance is back in the registry as {}; re-asserting OUT_OF_SERVICE", instance.status);
+    orchestrator
+        .metrics
+        .reassertions
+        .get_or_create(&TriggerLabels {
+            trigger: trigger.label(),
+        })
+        .inc();
     let request = DrainRequest {
         action: Action::Offline,
         targets: vec![Target {
@@ -101,7 +182,13 @@ pub(super) async fn reassert(orchestrator: &Orchestrator, instance: &Instance, s
             info!(operation = %operation.id, "re-assertion accepted by the registry; gateways told again");
         }
         Ok(_) => {}
-        Err(e) => error!(app = %instance.app, instance = %instance.instance_id,
-            "cannot re-assert OUT_OF_SERVICE: {e}"),
+        Err(e) => {
+            error!(app = %instance.app, instance = %instance.instance_id,
+                "cannot re-assert OUT_OF_SERVICE: {e}");
+            // The back-off is for an instance that keeps reverting what synchspeed wrote; a
+            // write that did not land (the registry restarting) is tried again at the next
+            // change or pass, not a back-off later.
+            crate::sync::lock(&orchestrator.reassertions).clear(&instance.key());
+        }
     }
 }

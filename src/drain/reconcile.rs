@@ -15,18 +15,19 @@
 //!
 //! A peer that cannot be asked proves nothing: a hold is never ended on a guess.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::Orchestrator;
+use super::backoff::Backoffs;
 use super::fanout_task::notifications;
+use super::reassert::{self, Trigger};
 use super::resume::plan_of;
-use super::{Orchestrator, reassert};
 use crate::domain::{Hold, HoldEnd, Instance, NodeState, OperationId, OperationState, Status};
 use crate::gateway::Progress;
 use crate::gateway::fanout::Job;
@@ -36,7 +37,7 @@ use crate::telemetry::HoldEndLabels;
 
 /// What the peers' answers mean for one hold.
 #[derive(Debug)]
-enum Verdict {
+pub(super) enum Verdict {
     /// Out of service wherever it is registered: nothing to do.
     Kept,
     /// Some peer shows this registration UP: re-assert.
@@ -49,7 +50,11 @@ enum Verdict {
     Unknown,
 }
 
-fn judge(hold: &Hold, sightings: &[(String, Sighting)], by_registration_time: bool) -> Verdict {
+pub(super) fn judge(
+    hold: &Hold,
+    sightings: &[(String, Sighting)],
+    by_registration_time: bool,
+) -> Verdict {
     let mut held_present = false;
     let mut other_present = false;
     let mut unknown = false;
@@ -77,83 +82,34 @@ fn judge(hold: &Hold, sightings: &[(String, Sighting)], by_registration_time: bo
     }
 }
 
-/// When to try something again that did not work (a re-assertion, a node that stays down).
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    next: Instant,
-    delay: Duration,
-}
-
-#[derive(Debug)]
-struct Backoffs<K> {
-    entries: HashMap<K, Backoff>,
-}
-
-impl<K> Default for Backoffs<K> {
-    fn default() -> Self {
-        Self {
-            entries: HashMap::new(),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Clone> Backoffs<K> {
-    fn due(&self, key: &K, now: Instant) -> bool {
-        self.entries.get(key).is_none_or(|b| b.next <= now)
-    }
-
-    /// Doubles the wait after each failure, from `base` up to `max`.
-    fn failed(&mut self, key: &K, now: Instant, base: Duration, max: Duration) {
-        let delay = self
-            .entries
-            .get(key)
-            .map_or(base, |b| (b.delay * 2).min(max));
-        self.entries.insert(
-            key.clone(),
-            Backoff {
-                next: now + delay,
-                delay,
-            },
-        );
-    }
-
-    fn clear(&mut self, key: &K) {
-        self.entries.remove(key);
-    }
-
-    /// Forgets what is no longer watched.
-    fn retain(&mut self, keep: impl Fn(&K) -> bool) {
-        self.entries.retain(|key, _| keep(key));
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
-    reassertions: Backoffs<crate::domain::InstanceKey>,
     renotifications: Backoffs<OperationId>,
 }
 
-/// Runs a pass every `drain.reconcile_every` until `shutdown`.
+/// Runs a pass every `drain.reconcile_every`, and at once when a registry peer that had
+/// failed answers again (`Orchestrator::recheck`), until `shutdown`.
 pub async fn reconcile_forever(orchestrator: Arc<Orchestrator>, shutdown: CancellationToken) {
     let every = orchestrator.settings.reconcile_every;
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = State::default();
     loop {
+        let trigger = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => Trigger::Periodic,
+            () = orchestrator.recheck.notified() => Trigger::PeerBack,
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = orchestrator.reconcile_once(&mut state) => {}
+            _ = orchestrator.reconcile_once(&mut state, trigger) => {}
         }
         orchestrator.metrics.reconcile_runs.inc();
     }
 }
 
 impl Orchestrator {
-    async fn reconcile_once(&self, state: &mut State) {
+    async fn reconcile_once(&self, state: &mut State, trigger: Trigger) {
         let base = self.settings.reconcile_every;
         let max = self.settings.retry_max.max(base);
         let by_time = self.registry.registration_time_identifies_process();
@@ -168,7 +124,7 @@ impl Orchestrator {
             }
             let sightings = self.registry.sightings(&key, hold.ip).await;
             match judge(hold, &sightings, by_time) {
-                Verdict::Kept => state.reassertions.clear(&key),
+                Verdict::Kept => lock(&self.reassertions).clear(&key),
                 Verdict::Unknown => {
                     // Said once per pass and hold: the operator sees why a hold lingers.
                     for (peer, sighting) in &sightings {
@@ -187,24 +143,20 @@ impl Orchestrator {
                     continue;
                 }
                 Verdict::Lost(instance) => {
-                    let now = Instant::now();
-                    if state.reassertions.due(&key, now) {
+                    if self.reassertion_due(&key) {
                         let peers: Vec<&str> = sightings
                             .iter()
                             .filter(|(_, s)| matches!(s, Sighting::Present(i) if i.status == Status::Up))
                             .map(|(peer, _)| peer.as_str())
                             .collect();
-                        reassert::reassert(self, &instance, &peers.join(", ")).await;
-                        // Backed off even when it worked: a peer that keeps reverting it is
-                        // corrected less and less often rather than in a tight loop.
-                        state.reassertions.failed(&key, now, base, max);
+                        reassert::reassert(self, &instance, &peers.join(", "), trigger).await;
                     }
                 }
             }
             operations.insert(hold.operation_id.clone());
         }
         let held: std::collections::HashSet<_> = holds.iter().map(Hold::key).collect();
-        state.reassertions.retain(|key| held.contains(key));
+        lock(&self.reassertions).retain(|key| held.contains(key));
         state.renotifications.retain(|id| operations.contains(id));
         for id in operations {
             let now = Instant::now();
@@ -223,7 +175,7 @@ impl Orchestrator {
     }
 
     /// Ends one hold (memory and store), without touching the registry.
-    async fn end_hold(&self, hold: &Hold, why: HoldEnd) {
+    pub(super) async fn end_hold(&self, hold: &Hold, why: HoldEnd) {
         let key = hold.key();
         let released = self.holds.release(std::slice::from_ref(&key));
         if released.is_empty() {
@@ -390,22 +342,5 @@ mod tests {
     fn down_or_starting_is_the_instance_own_status_and_kept() {
         let down = peers(vec![seen("a", 100, Status::Down)]);
         assert!(matches!(judge(&hold(), &down, true), Verdict::Kept));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_clears() {
-        let mut backoffs = Backoffs::<u8>::default();
-        let now = Instant::now();
-        let base = Duration::from_secs(1);
-        let max = Duration::from_secs(3);
-        assert!(backoffs.due(&1, now));
-        backoffs.failed(&1, now, base, max);
-        assert!(!backoffs.due(&1, now));
-        assert!(backoffs.due(&1, now + base));
-        backoffs.failed(&1, now, base, max);
-        backoffs.failed(&1, now, base, max);
-        assert_eq!(backoffs.entries[&1].delay, max);
-        backoffs.clear(&1);
-        assert!(backoffs.due(&1, now));
     }
 }

@@ -54,6 +54,9 @@ pub enum DrainError {
     NoMatch(String),
     #[error("too many operations in flight")]
     Busy,
+    /// `drain.min_up` refuses it; nothing was changed.
+    #[error("{0}")]
+    MinUp(String),
     #[error("synchspeed is shutting down")]
     ShuttingDown,
     /// Nothing could be looked up or written: no operation was recorded, or the recorded one

@@ -202,6 +202,12 @@ impl From<DrainError> for ApiError {
                 message: format!("no registered instance matches {what}"),
             },
             DrainError::Busy => ApiError::TooManyRequests { retry_after: 1 },
+            DrainError::MinUp(why) => ApiError::Conflict {
+                code: "min_up",
+                message: format!(
+                    "{why}; nothing was changed (force=true takes it out anyway, and the operation says so)"
+                ),
+            },
             DrainError::ShuttingDown => ApiError::Unavailable {
                 code: "shutting_down",
                 // One replica is what runs today: there is no other to send it to.

@@ -6,6 +6,9 @@ use std::sync::{Arc, RwLock};
 
 use smallvec::SmallVec;
 
+use tokio::sync::broadcast;
+
+use super::Observed;
 use crate::domain::{AppName, Instance, InstanceKey, Status};
 
 /// An instance without its key (the map's key holds that): a registry of tens of thousands
@@ -72,11 +75,12 @@ struct Indexed {
 }
 
 impl Indexed {
-    fn insert(&mut self, instance: Instance) {
+    /// Whether anything changed.
+    fn insert(&mut self, instance: Instance) -> bool {
         let (mut key, record) = Record::of(instance);
         if self.by_key.get(&key) == Some(&record) {
             // Unchanged: a full refresh repeats most of the registry.
-            return;
+            return false;
         }
         self.remove(&key);
         // One name per app, shared by all its instances and every index: the one parsed with
@@ -92,6 +96,7 @@ impl Indexed {
         self.by_ip.entry(record.ip).or_default().push(key.clone());
         self.changed(&key.app);
         self.by_key.insert(key, record);
+        true
     }
 
     fn changed(&mut self, app: &AppName) {
@@ -132,12 +137,41 @@ impl Indexed {
 /// Shared by the backends that keep a full copy of the registry (Eureka, ZooKeeper, file).
 /// Reads take a read lock and clone the few matching instances; writers replace or patch
 /// under the write lock, so a reader never sees a half-applied refresh.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InstanceCache {
     inner: RwLock<Indexed>,
+    /// What a refresh, a scan or a watch event changed, for the re-assertion path: every
+    /// backend with a copy reports the same way, whether a watch or a poll fed it.
+    observed: broadcast::Sender<Observed>,
+}
+
+impl Default for InstanceCache {
+    fn default() -> Self {
+        Self {
+            inner: RwLock::default(),
+            // A burst beyond this lags the reader, which then checks every hold instead.
+            observed: broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl InstanceCache {
+    /// The changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Observed> {
+        self.observed.subscribe()
+    }
+
+    /// Passes on what the backend itself saw (a peer answering again).
+    pub fn announce(&self, observed: Observed) {
+        let _ = self.observed.send(observed);
+    }
+
+    /// Reports a change. The first load reports everything: a reader that cannot keep up
+    /// lags, and then checks every hold, which is what a first load calls for anyway.
+    fn report(&self, observed: Observed) {
+        let _ = self.observed.send(observed);
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Indexed> {
         crate::sync::read(&self.inner)
     }
@@ -169,14 +203,19 @@ impl InstanceCache {
             })
             .cloned()
             .collect();
-        for key in &gone {
-            indexed.remove(key);
+        for key in gone {
+            if let Some(old) = indexed.remove(&key) {
+                self.report(Observed::Left { key, ip: old.ip });
+            }
         }
         let more = instances.len().saturating_sub(indexed.by_key.len());
         indexed.by_key.reserve(more);
         indexed.by_ip.reserve(more);
         for instance in instances {
-            indexed.insert(instance);
+            let seen = instance.clone();
+            if indexed.insert(instance) {
+                self.report(Observed::Seen(seen));
+            }
         }
         indexed.loaded = true;
     }
@@ -187,9 +226,16 @@ impl InstanceCache {
         let mut indexed = self.write();
         for change in changes {
             match change {
-                Change::Upsert(instance) => indexed.insert(instance),
+                Change::Upsert(instance) => {
+                    let seen = instance.clone();
+                    if indexed.insert(instance) {
+                        self.report(Observed::Seen(seen));
+                    }
+                }
                 Change::Remove(key) => {
-                    indexed.remove(&key);
+                    if let Some(old) = indexed.remove(&key) {
+                        self.report(Observed::Left { key, ip: old.ip });
+                    }
                 }
             }
         }

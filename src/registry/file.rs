@@ -177,6 +177,10 @@ impl Registry for FileRegistry {
         "file"
     }
 
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<super::Observed>> {
+        Some(self.cache.subscribe())
+    }
+
     async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError> {
         Ok(self.cache.on_ip(ip))
     }

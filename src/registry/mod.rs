@@ -83,6 +83,17 @@ impl RegistryError {
     }
 }
 
+/// What a backend saw change, for keeping the word at the speed of the registry.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// An instance as it is now, after it changed (status, registration, address).
+    Seen(Instance),
+    /// An instance that is no longer registered (where the backend's copy came from).
+    Left { key: InstanceKey, ip: IpAddr },
+    /// A peer that had failed a write or a read answers again (Eureka).
+    PeerBack(String),
+}
+
 /// What one authority says of one registration right now.
 #[derive(Debug, Clone)]
 pub enum Sighting {
@@ -143,9 +154,10 @@ pub trait Registry: Send + Sync {
     /// Keeps the cache fresh until `shutdown` is cancelled.
     async fn run(&self, shutdown: CancellationToken);
 
-    /// Instances as they change in the registry, for backends that watch it (ZooKeeper):
-    /// what the reconciler compares with the desired state. `None` for backends that poll.
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Instance>> {
+    /// What changes in the registry, as the backend's copy sees it (a watch, a delta, a
+    /// full fetch, a re-read file): what the re-assertion path compares with the desired
+    /// state at once. `None` for backends that keep no copy.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Observed>> {
         None
     }
 

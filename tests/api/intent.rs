@@ -415,3 +415,87 @@ async fn gateways_are_told_before_the_registry_is_read_back() {
         "OUT_OF_SERVICE"
     );
 }
+
+/// The documented defaults for the reconciler (a pass every 10 s): what these tests show is
+/// re-asserted sooner, by what the registry copy saw, not by the pass.
+fn default_reconciler(peers: &[&EurekaDouble], node: &GatewayNode) -> TestConfig {
+    let urls: Vec<String> = peers.iter().map(|peer| peer.url()).collect();
+    TestConfig::eureka(&urls)
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()])
+}
+
+/// `synchspeed_reassertions_total{trigger}`, from `/metrics`.
+async fn reassertions(app: &TestApp, trigger: &str) -> u64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let series = format!("synchspeed_reassertions_total{{trigger=\"{trigger}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_fast_restart_on_eureka_is_re_asserted_from_the_refresh_not_the_periodic_pass() {
+    let (a, b) = two_peers().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let app = TestApp::spawn(default_reconciler(&[&a, &b], &node)).await;
+    take_out(&app).await;
+    for peer in [&a, &b] {
+        peer.cancel("ORDER-SERVICE", ORDER_ID);
+        peer.register("ORDER-SERVICE", ORDER_ID, "10.0.0.5", 8080, "UP");
+    }
+    eventually("both peers show it out of service again", || async {
+        status(&a) == "OUT_OF_SERVICE" && status(&b) == "OUT_OF_SERVICE"
+    })
+    .await;
+    eventually("the gateway is told again", || async {
+        node.received().len() == 2
+    })
+    .await;
+    assert!(reassertions(&app, "change").await >= 1);
+    assert_eq!(
+        reassertions(&app, "periodic").await,
+        0,
+        "not the periodic pass"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_back_from_503_is_checked_at_once_not_at_the_next_pass() {
+    let (a, b) = two_peers().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let app = TestApp::spawn(default_reconciler(&[&a, &b], &node)).await;
+    b.set_mode(Mode::Unavailable);
+    take_out(&app).await;
+    assert_eq!(status(&b), "UP", "b missed the write");
+
+    b.set_mode(Mode::Normal);
+    eventually("b catches up", || async { status(&b) == "OUT_OF_SERVICE" }).await;
+    assert!(reassertions(&app, "peer_back").await >= 1);
+    assert_eq!(
+        reassertions(&app, "periodic").await,
+        0,
+        "not the periodic pass"
+    );
+}
+
+#[tokio::test]
+async fn a_departure_the_refresh_shows_ends_the_hold_at_once() {
+    let (a, b) = two_peers().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let app = TestApp::spawn(default_reconciler(&[&a, &b], &node)).await;
+    take_out(&app).await;
+    assert_eq!(held(&app).await, 1);
+    // The scale-down finished: the instance deregistered from both peers.
+    for peer in [&a, &b] {
+        peer.cancel("ORDER-SERVICE", ORDER_ID);
+    }
+    eventually("the hold ends", || async { held(&app).await == 0 }).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("synchspeed_holds_ended_total{why=\"departed\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(reconcile_runs(&app).await, 1, "only the pass at start ran");
+}

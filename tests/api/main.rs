@@ -13,6 +13,7 @@ mod crash;
 mod drain;
 mod errors;
 mod groups_sql;
+mod guard;
 mod haproxy;
 mod intent;
 mod registry;

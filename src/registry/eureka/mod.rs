@@ -5,7 +5,7 @@
 mod client;
 pub mod model;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ pub use client::{EurekaClient, Peer, PeerError};
 use model::{Applications, Unindexable, reconcile_hash};
 
 use super::cache::{Change, InstanceCache};
-use super::{Registry, RegistryError, Sighting, StatusChange};
+use super::{Observed, Registry, RegistryError, Sighting, StatusChange};
 use crate::config::EurekaSettings;
 use crate::domain::{AppName, Instance, InstanceKey, PeerOutcome, PeerResult, Status};
 use crate::telemetry::Metrics;
@@ -49,7 +49,13 @@ pub struct EurekaRegistry {
     writes: AtomicU64,
     refresh_every: Duration,
     metrics: Arc<Metrics>,
+    /// Peers (by index) that failed a write or a read: probed every `PEER_PROBE_EVERY`
+    /// until they answer, and then every hold is checked on them at once.
+    failed_peers: Mutex<HashSet<usize>>,
 }
+
+/// How often a peer that failed is asked whether it answers again.
+const PEER_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl EurekaRegistry {
     pub fn new(settings: &EurekaSettings, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
@@ -61,6 +67,7 @@ impl EurekaRegistry {
             writes: AtomicU64::new(0),
             refresh_every: settings.refresh,
             metrics,
+            failed_peers: Mutex::default(),
         }
     }
 
@@ -200,6 +207,39 @@ impl EurekaRegistry {
         result
     }
 
+    fn peer_failed(&self, peer: &Peer) {
+        if let Some(index) = self.client.peers.iter().position(|p| std::ptr::eq(p, peer)) {
+            crate::sync::lock(&self.failed_peers).insert(index);
+        }
+    }
+
+    /// Asks each peer that failed whether it answers now (an uncached read of an instance
+    /// that does not exist: 404 is an answer); those that do are announced.
+    async fn probe_failed_peers(&self) {
+        let failed: Vec<usize> = crate::sync::lock(&self.failed_peers)
+            .iter()
+            .copied()
+            .collect();
+        for index in failed {
+            let Some(peer) = self.client.peers.get(index) else {
+                continue;
+            };
+            let answer = self
+                .client
+                .get_instance(peer, "SYNCHSPEED-PROBE", "synchspeed-probe")
+                .await;
+            if matches!(answer, Ok(_) | Err(PeerError::Status { status: 404, .. })) {
+                crate::sync::lock(&self.failed_peers).remove(&index);
+                info!(
+                    peer = peer.display(),
+                    "eureka: a peer that had failed answers again; checking every hold on it"
+                );
+                self.cache
+                    .announce(Observed::PeerBack(peer.display().to_owned()));
+            }
+        }
+    }
+
     /// One peer's write.
     async fn write_peer(&self, peer: &Peer, instance: &Instance, status: Status) -> PeerResult {
         let mut result = PeerResult {
@@ -213,6 +253,9 @@ impl EurekaRegistry {
             self.metrics.registry_error("eureka", "write_status");
             result.outcome = error.write_outcome();
             result.error = Some(error.to_string());
+            if result.outcome != PeerOutcome::NotFound {
+                self.peer_failed(peer);
+            }
         }
         result
     }
@@ -306,6 +349,11 @@ impl Registry for EurekaRegistry {
         "eureka"
     }
 
+    /// What every refresh (delta or full fetch) changes, and peers that answer again.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Observed>> {
+        Some(self.cache.subscribe())
+    }
+
     async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError> {
         if !self.cache.is_loaded() {
             return Err(RegistryError::NotReady(
@@ -375,6 +423,7 @@ impl Registry for EurekaRegistry {
                 Err(PeerError::Status { status: 404, .. }) => Sighting::Absent,
                 Err(error) => {
                     self.metrics.registry_error("eureka", "verify");
+                    self.peer_failed(peer);
                     Sighting::Unknown(error.to_string())
                 }
             };
@@ -410,11 +459,17 @@ impl Registry for EurekaRegistry {
     async fn run(&self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.refresh_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probes = tokio::time::interval(PEER_PROBE_EVERY);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
+                _ = probes.tick() => {
+                    self.probe_failed_peers().await;
+                    continue;
+                }
             }
             match self.refresh().await {
                 Ok(()) if failing => {

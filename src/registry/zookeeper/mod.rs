@@ -24,7 +24,7 @@ use zookeeper_client::{AddWatchMode, Client, EventType, PersistentWatcher, Sessi
 
 use self::model::Registration;
 use super::cache::{Change, InstanceCache};
-use super::{Registry, RegistryError, StatusChange};
+use super::{Observed, Registry, RegistryError, StatusChange};
 use crate::config::ZookeeperSettings;
 use crate::domain::{AppName, Instance, InstanceKey, PeerOutcome, PeerResult, Status};
 use crate::sync::lock;
@@ -42,7 +42,6 @@ pub struct ZookeeperRegistry {
     znodes: Mutex<Znodes>,
     /// `Some(reason)` while the registry cannot be trusted (not connected, never scanned).
     trouble: Mutex<Option<String>>,
-    changes: broadcast::Sender<Instance>,
 }
 
 /// Which znode holds which instance, both ways (a deletion event names only the path).
@@ -113,7 +112,6 @@ impl ZookeeperRegistry {
             cache: InstanceCache::default(),
             znodes: Mutex::default(),
             trouble: Mutex::new(Some("not connected to ZooKeeper yet".into())),
-            changes: broadcast::channel(1024).0,
         }
     }
 
@@ -228,20 +226,14 @@ impl ZookeeperRegistry {
         }
         let count = found.len();
         let mut znodes = Znodes::default();
-        let mut changed = Vec::new();
         for (path, instance) in &found {
-            let key = instance.key();
-            if self.cache.get(&key).map(|old| old.status) != Some(instance.status) {
-                changed.push(instance.clone());
-            }
-            znodes.insert(key, path.clone());
+            znodes.insert(instance.key(), path.clone());
         }
         *lock(&self.znodes) = znodes;
+        // The cache reports what the scan changed (an instance that wrote itself back UP
+        // while the watch was away).
         self.cache
             .replace_all(found.into_iter().map(|(_, instance)| instance));
-        for instance in changed {
-            let _ = self.changes.send(instance);
-        }
         Ok(count)
     }
 
@@ -260,8 +252,7 @@ impl ZookeeperRegistry {
         };
         debug!(znode = path, status = %instance.status, "instance changed");
         lock(&self.znodes).insert(instance.key(), path.to_owned());
-        self.cache.apply(vec![Change::Upsert(instance.clone())]);
-        let _ = self.changes.send(instance);
+        self.cache.apply(vec![Change::Upsert(instance)]);
     }
 
     fn forget(&self, path: &str) {
@@ -460,8 +451,8 @@ impl Registry for ZookeeperRegistry {
         }
     }
 
-    fn changes(&self) -> Option<broadcast::Receiver<Instance>> {
-        Some(self.changes.subscribe())
+    fn changes(&self) -> Option<broadcast::Receiver<Observed>> {
+        Some(self.cache.subscribe())
     }
 
     fn registration_time_identifies_process(&self) -> bool {
