@@ -33,6 +33,9 @@ use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::telemetry::Metrics;
 
+/// How long after `server.shutdown_grace` the last answers have to reach their callers.
+const ANSWERS_FLUSH: Duration = Duration::from_secs(2);
+
 pub struct Application {
     local_addr: SocketAddr,
     server: JoinHandle<std::io::Result<()>>,
@@ -207,7 +210,9 @@ impl Application {
     /// stops the background loops, closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        let deadline = tokio::time::Instant::now() + self.grace;
+        // Callers still waiting when the grace ends are answered then (503, the operation):
+        // their answers get this long to be written before the connections are cut.
+        let deadline = tokio::time::Instant::now() + self.grace + ANSWERS_FLUSH;
         let (drained, served) = tokio::join!(
             self.orchestrator.shutdown(self.grace),
             tokio::time::timeout_at(deadline, self.server)

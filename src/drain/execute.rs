@@ -107,7 +107,7 @@ impl Orchestrator {
         let receiver = self.start_fanout(operation, &plan, permit, lane, span, Some(desired));
         match request.wait {
             None => Ok(DrainOutcome::Accepted(receiver.borrow().clone())),
-            Some(timeout) => Ok(wait_for(receiver, timeout).await),
+            Some(timeout) => Ok(wait_for(receiver, timeout, &self.grace_over).await),
         }
     }
 
@@ -203,11 +203,23 @@ fn new_operation(request: &DrainRequest, plan: &Plan) -> Operation {
     }
 }
 
-/// Waits until the operation settles or `timeout` passes.
-async fn wait_for(mut receiver: watch::Receiver<Operation>, timeout: Duration) -> DrainOutcome {
-    let settled = tokio::time::timeout(timeout, receiver.wait_for(|op| op.state.is_terminal()))
-        .await
-        .map(|result| result.map(|operation| operation.clone()));
+/// Waits until the operation settles, `timeout` passes, or a shutdown's grace ends.
+async fn wait_for(
+    mut receiver: watch::Receiver<Operation>,
+    timeout: Duration,
+    grace_over: &tokio_util::sync::CancellationToken,
+) -> DrainOutcome {
+    let settled = {
+        let settling =
+            tokio::time::timeout(timeout, receiver.wait_for(|op| op.state.is_terminal()));
+        tokio::select! {
+            settled = settling => Some(settled.map(|result| result.map(|operation| operation.clone()))),
+            () = grace_over.cancelled() => None,
+        }
+    };
+    let Some(settled) = settled else {
+        return DrainOutcome::Interrupted(receiver.borrow().clone());
+    };
     match settled {
         Ok(Ok(operation)) => DrainOutcome::Settled(operation),
         // The sender is dropped only after the final state was sent, so a closed channel

@@ -82,6 +82,9 @@ pub struct Orchestrator {
     claimed_keys: ClaimedKeys,
     /// Settles answered from memory that the journal does not have yet.
     settling: Arc<Settling>,
+    /// Cancelled when a shutdown's grace ends with fan-outs still running: callers still
+    /// waiting on one are answered then, before the listener goes.
+    grace_over: tokio_util::sync::CancellationToken,
     /// Signalled when a registry peer that had failed answers again: the reconciler checks
     /// every hold at once instead of at its next pass.
     recheck: tokio::sync::Notify,
@@ -156,6 +159,7 @@ impl Orchestrator {
             settling: Arc::default(),
             dry_runs: Mutex::default(),
             recheck: tokio::sync::Notify::new(),
+            grace_over: tokio_util::sync::CancellationToken::new(),
             reassertions: Mutex::default(),
         })
     }
@@ -254,6 +258,7 @@ impl Orchestrator {
         self.tasks.close();
         let finished = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
         if !finished {
+            self.grace_over.cancel();
             warn!(
                 running = self.tasks.len(),
                 "shutdown grace elapsed with fan-outs still running; journaling where they stand"

@@ -7,7 +7,8 @@
 //!   taken out again on every peer, and the gateways are told again. One that keeps coming
 //!   back is corrected less and less often (back-off up to `drain.retry_max`).
 //! * A held instance the copy no longer has is judged at once on every peer, uncached: when
-//!   none has it, its hold ends (so a new registration on that IP:port seconds later is new).
+//!   none has it, its hold ends (so a new registration on that IP:port seconds later is new),
+//!   where registrations cannot tell processes apart (Eureka; see `judge_departure`).
 //! * A peer that had failed answers again: the reconciler checks every hold at once.
 //!
 //! Each re-assertion is an operation of its own, of origin `reconciler` (shown with the
@@ -105,7 +106,17 @@ async fn check(orchestrator: &Orchestrator, instance: &Instance) {
 
 /// A held instance the copy no longer has: every peer is asked, and the hold ends only
 /// when none that answered has it (a peer that cannot be asked proves nothing).
+///
+/// Only where a registration cannot tell one process from the next (Eureka): there, a new
+/// registration with the same id seconds later would be taken for the held one unless the
+/// hold ends now. Where it can (ZooKeeper: Curator keeps its registration time for the life
+/// of the process), a node that vanished is often the same process about to re-create it
+/// (its session expired across a ZooKeeper restart), and must stay held; a new process is
+/// told apart by its registration time, and the periodic pass ends the old hold.
 async fn judge_departure(orchestrator: &Orchestrator, key: &InstanceKey, ip: IpAddr) {
+    if orchestrator.registry.registration_time_identifies_process() {
+        return;
+    }
     let Some(hold) = orchestrator
         .holds_on(ip)
         .into_iter()

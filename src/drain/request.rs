@@ -40,6 +40,9 @@ pub enum DrainOutcome {
     Settled(Operation),
     /// The caller waited and the timeout came first (state `in_progress`).
     TimedOut(Operation),
+    /// The caller waited and synchspeed is stopping before every node answered (state
+    /// `in_progress`; the next start carries it on).
+    Interrupted(Operation),
     /// Offline of instances already held (and out of service): the operation that holds
     /// them, nothing done again.
     AlreadyHeld(Operation),

@@ -302,6 +302,17 @@ pub fn outcome_response(outcome: DrainOutcome) -> Response {
         DrainOutcome::TimedOut(operation) => {
             (StatusCode::GATEWAY_TIMEOUT, Json(operation)).into_response()
         }
+        DrainOutcome::Interrupted(operation) => {
+            let id = operation.id.clone();
+            ApiError::Unavailable {
+                code: "shutting_down",
+                message: format!(
+                    "synchspeed is stopping before every node answered; the operation is journaled and carried on when it is back (GET /api/v1/operations/{id})"
+                ),
+                operation: Some(Box::new(operation)),
+            }
+            .into_response()
+        }
     }
 }
 

@@ -148,3 +148,27 @@ async fn sigterm_past_the_grace_journals_the_fan_out_and_the_next_start_finishes
         "the hold outlives the restart: {held}"
     );
 }
+
+#[tokio::test]
+async fn a_caller_still_waiting_when_the_grace_ends_is_answered_before_the_service_goes() {
+    let eureka = EurekaDouble::with_order_service().await;
+    let hanging = GatewayNode::start(Behaviour::Hang).await;
+    let mut app = TestApp::spawn_process(
+        config(&eureka, vec![hanging.address()]).server("shutdown_grace = \"500ms\""),
+    )
+    .await;
+    let waiting = {
+        let client = app.client.clone();
+        let url = app.url("/api/v1/instances/10.0.0.5/offline?wait=true&timeout=60s");
+        tokio::spawn(async move { client.post(url).send().await })
+    };
+    eventually("the node was tried", || async { hanging.attempts() == 1 }).await;
+
+    app.terminate();
+    let response = waiting.await.unwrap().expect("answered, not cut off");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "shutting_down");
+    assert_eq!(body["operation"]["state"], "in_progress", "{body}");
+    assert!(app.exited().await.success());
+}
