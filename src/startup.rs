@@ -139,9 +139,11 @@ impl Application {
             Arc::clone(&orchestrator),
             shutdown.clone(),
         ));
-        background.spawn(forget_idempotency_keys(
+        background.spawn(prune_journal(
             Arc::clone(&store),
             settings.drain.idempotency_ttl,
+            settings.store.clone(),
+            Arc::clone(&metrics),
             shutdown.clone(),
         ));
         if let Some(changes) = registry.changes() {
@@ -154,7 +156,12 @@ impl Application {
         background.spawn({
             let store = sqlite.clone();
             let token = shutdown.clone();
-            async move { store.run_checkpoints(Duration::from_secs(1), token).await }
+            let (wal_max, metrics) = (settings.store.wal_max_bytes, Arc::clone(&metrics));
+            async move {
+                store
+                    .run_checkpoints(Duration::from_secs(1), wal_max, metrics, token)
+                    .await
+            }
         });
         let app = router(AppState {
             orchestrator: Arc::clone(&orchestrator),
@@ -234,17 +241,31 @@ impl Application {
     }
 }
 
-/// Forgets `Idempotency-Key`s older than `ttl`, hourly (and once at start).
-async fn forget_idempotency_keys(
+/// Every `store.prune_every` (and once at start): forgets settled operations past
+/// `store.retention` and `Idempotency-Key`s past `drain.idempotency_ttl`.
+async fn prune_journal(
     store: Arc<dyn Store>,
     ttl: Duration,
+    settings: crate::config::StoreSettings,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    let mut ticker = tokio::time::interval(settings.prune_every);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        match store
+            .prune_operations(crate::drain::ago(settings.retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => {
+                metrics.operations_pruned.inc_by(pruned);
+                info!(pruned, "settled operations past store.retention forgotten");
+            }
+            Err(e) => warn!("cannot apply store.retention: {e}"),
         }
         let before = crate::drain::ago(ttl);
         match store.prune_idempotency_keys(before).await {

@@ -156,6 +156,10 @@ pub struct Metrics {
     pub reassertions: Family<TriggerLabels, Counter>,
     /// Connections open now.
     pub connections_open: Gauge,
+    /// The store's write-ahead log, in bytes.
+    pub store_wal_bytes: Gauge,
+    /// Settled operations past `store.retention`, forgotten.
+    pub operations_pruned: Counter,
     /// How old the oldest part of the SQL route mapping in use is.
     pub groups_mapping_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Reads of the SQL route table that failed.
@@ -233,6 +237,18 @@ impl Metrics {
             "Holds a registry lost, re-asserted, by what found the loss: change (a watch event or a refresh), peer_back (a peer that had failed answers again), periodic (the reconciler's pass)",
             reassertions.clone(),
         );
+        let store_wal_bytes = Gauge::default();
+        registry.register(
+            "store_wal_bytes",
+            "Size of the SQLite store's write-ahead log (truncated past store.wal_max_bytes)",
+            store_wal_bytes.clone(),
+        );
+        let operations_pruned = Counter::default();
+        registry.register(
+            "operations_pruned",
+            "Settled operations forgotten past store.retention (never one in progress or holding)",
+            operations_pruned.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "connections_open",
@@ -278,6 +294,8 @@ impl Metrics {
             reconcile_runs,
             holds_ended,
             reassertions,
+            store_wal_bytes,
+            operations_pruned,
             connections_open,
             connections_refused,
             groups_mapping_age_seconds,

@@ -253,6 +253,13 @@ impl Store for FailingStore {
     ) -> Result<Option<(String, OperationId)>, StoreError> {
         self.store.idempotent_operation(principal, key, since).await
     }
+    async fn prune_operations(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        self.store.prune_operations(before).await
+    }
     async fn prune_idempotency_keys(
         &self,
         before: chrono::DateTime<chrono::Utc>,

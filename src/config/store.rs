@@ -3,12 +3,20 @@
 use serde::{Deserialize, Serialize};
 
 use super::registry::RedactedUrl;
-use super::{ConfigError, invalid};
+use std::time::Duration;
+
+use super::{ConfigError, invalid, positive_duration};
 
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     /// `sqlite://path`; printed with any password hidden.
     pub url: RedactedUrl,
+    /// Settled operations older than this are forgotten (not those in progress or holding).
+    pub retention: Duration,
+    /// How often the retention (and the idempotency keys' ttl) is applied.
+    pub prune_every: Duration,
+    /// The write-ahead log is truncated once it is past this many bytes.
+    pub wal_max_bytes: u64,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -16,6 +24,9 @@ pub struct StoreSettings {
 pub(super) struct RawStore {
     #[serde(serialize_with = "super::registry::redact_url_password")]
     url: String,
+    retention: String,
+    prune_every: String,
+    wal_max_bytes: u64,
 }
 
 impl RawStore {
@@ -26,8 +37,14 @@ impl RawStore {
                 "only sqlite: URLs are supported by this version (postgres is planned)",
             ));
         }
+        if self.wal_max_bytes == 0 {
+            return Err(invalid("store.wal_max_bytes", "must be at least 1"));
+        }
         Ok(StoreSettings {
             url: RedactedUrl::new(self.url),
+            retention: positive_duration("store.retention", &self.retention)?,
+            prune_every: positive_duration("store.prune_every", &self.prune_every)?,
+            wal_max_bytes: self.wal_max_bytes,
         })
     }
 }

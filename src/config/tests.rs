@@ -109,6 +109,9 @@ fn an_empty_file_yields_every_documented_default() {
     assert_eq!(drain.idempotency_ttl, secs(24 * 3600));
 
     assert_eq!(settings.store.url.expose(), "sqlite://data/synchspeed.db");
+    assert_eq!(settings.store.retention, secs(30 * 24 * 3600));
+    assert_eq!(settings.store.prune_every, secs(3600));
+    assert_eq!(settings.store.wal_max_bytes, 64 * 1024 * 1024);
 }
 
 /// The defaults of the other registry kinds, from a file that names only the kind (and, for

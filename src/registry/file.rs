@@ -155,6 +155,18 @@ impl FileRegistry {
         })?;
         let mut instances = parse_document(&text)
             .map_err(|e| RegistryError::malformed_by(self.path.display(), e))?;
+        // An empty file where there were instances is a file being rewritten (an editor
+        // truncates, then writes), not every instance leaving at once: taken as such, every
+        // hold would end as departed. The last good copy stays until the file lists some.
+        let before = self.cache.len();
+        if instances.is_empty() && before > 0 {
+            return Err(RegistryError::malformed(format!(
+                "{} lists no instance where the last good read had {before}; taken for a file \
+                 being rewritten, the last good copy stays (restart synchspeed to start from \
+                 an empty registry)",
+                self.path.display()
+            )));
+        }
         let statuses = self
             .store
             .file_statuses()

@@ -72,6 +72,14 @@ pub trait Store: Send + Sync {
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<(String, OperationId)>, StoreError>;
 
+    /// Forgets settled operations created before `before` (the audit trail's retention),
+    /// with their instances and idempotency keys; never one still in progress, nor one that
+    /// a hold names. Returns how many went.
+    async fn prune_operations(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError>;
+
     /// Forgets keys journaled before `before`.
     async fn prune_idempotency_keys(
         &self,

@@ -26,6 +26,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// The write-ahead log's file, whose size `bound_wal` keeps in check.
+    wal: std::path::PathBuf,
 }
 
 impl SqliteStore {
@@ -42,6 +44,8 @@ impl SqliteStore {
             // commit crosses the threshold: that commit is on a caller's latency path.
             .pragma("wal_autocheckpoint", "0")
             .foreign_keys(true);
+        let mut wal = options.get_filename().as_os_str().to_owned();
+        wal.push("-wal");
         if let Some(parent) = options
             .get_filename()
             .parent()
@@ -69,14 +73,39 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            wal: wal.into(),
+        })
+    }
+
+    /// The write-ahead log's size now (0 when there is none).
+    pub fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(&self.wal).map_or(0, |m| m.len())
+    }
+
+    /// Truncates the write-ahead log once it is past `max` bytes. PASSIVE checkpoints copy
+    /// its pages into the database but never shrink the file, and one that a reader kept
+    /// from finishing lets it grow through a burst (161 MB after 2,000 calls); a TRUNCATE
+    /// waits for readers and writers, so it runs only past the bound.
+    pub async fn bound_wal(&self, max: u64) -> Result<(), StoreError> {
+        if self.wal_bytes() > max {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.writer)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Copies the write-ahead log into the database every `every` until `shutdown`, without
-    /// blocking writers (PASSIVE), then once more in full before returning.
+    /// blocking writers (PASSIVE), truncating it past `wal_max` bytes, then once more in
+    /// full before returning.
     pub async fn run_checkpoints(
         &self,
         every: Duration,
+        wal_max: u64,
+        metrics: std::sync::Arc<crate::telemetry::Metrics>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         let mut ticker = tokio::time::interval(every);
@@ -93,6 +122,12 @@ impl SqliteStore {
             {
                 tracing::warn!("store checkpoint failed: {e}");
             }
+            if let Err(e) = self.bound_wal(wal_max).await {
+                tracing::warn!("store write-ahead log not truncated: {e}");
+            }
+            metrics
+                .store_wal_bytes
+                .set(i64::try_from(self.wal_bytes()).unwrap_or(i64::MAX));
         }
     }
 
@@ -268,6 +303,18 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn prune_operations(&self, before: chrono::DateTime<Utc>) -> Result<u64, StoreError> {
+        // Their instances and keys go with them (ON DELETE CASCADE).
+        let done = sqlx::query(
+            "DELETE FROM operations WHERE created_at < ?1 AND state <> 'in_progress'
+               AND id NOT IN (SELECT operation_id FROM holds)",
+        )
+        .bind(millis::format(&before))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn prune_idempotency_keys(
         &self,
         before: chrono::DateTime<Utc>,
@@ -435,5 +482,31 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_write_ahead_log_is_truncated_past_its_bound_and_left_alone_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        // Each probe write is a frame of the log, which nothing checkpoints here.
+        for _ in 0..5000 {
+            if store.wal_bytes() > 256 * 1024 {
+                break;
+            }
+            store.ping().await.unwrap();
+        }
+        let grown = store.wal_bytes();
+        assert!(grown > 256 * 1024, "the log grew: {grown}");
+        store.bound_wal(grown * 2).await.unwrap();
+        assert_eq!(store.wal_bytes(), grown, "below the bound: left alone");
+        store.bound_wal(64 * 1024).await.unwrap();
+        assert!(store.wal_bytes() <= 64 * 1024, "{}", store.wal_bytes());
+        store.ping().await.unwrap();
     }
 }

@@ -33,6 +33,8 @@ pub struct TestConfig {
     pub tables: String,
     /// `groups.source`, as TOML.
     pub groups_source: String,
+    /// Extra lines for `[store]`.
+    pub store: String,
 }
 
 impl TestConfig {
@@ -49,6 +51,7 @@ impl TestConfig {
             registry: None,
             tables: String::new(),
             groups_source: "\"static\"".into(),
+            store: String::new(),
         }
     }
 
@@ -93,6 +96,11 @@ impl TestConfig {
             "[registry]\nkind = \"eureka\"\n[registry.eureka]\nurls = [{}]\nrefresh = \"{refresh}\"\ntimeout = \"{timeout}\"\n",
             urls.join(", ")
         ));
+        self
+    }
+
+    pub fn store(mut self, lines: &str) -> Self {
+        self.store = lines.into();
         self
     }
 
@@ -156,13 +164,14 @@ impl TestConfig {
         let mut toml = format!(
             "[server]\n{}\n\n[security]\n{}\n\n{}\n\
              [gateway]\n{}\n\n\
-             [drain]\n{}\n\n[store]\nurl = \"sqlite://{}\"\n\n[groups]\nsource = {}\n[groups.static]\n",
+             [drain]\n{}\n\n[store]\nurl = \"sqlite://{}\"\n{}\n\n[groups]\nsource = {}\n[groups.static]\n",
             server,
             self.security,
             registry,
             gateway,
             self.drain,
             store.display(),
+            self.store,
             self.groups_source,
         );
         for (app, groups) in &self.routes {

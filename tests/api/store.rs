@@ -174,6 +174,53 @@ async fn the_file_registry_keeps_statuses_in_the_store() {
     .await;
 }
 
+/// An editor saving the instances file truncates it first: an empty read where there were
+/// instances keeps the last good copy (and every hold), said by `/readyz`, until the file
+/// lists instances again.
+#[tokio::test]
+async fn a_truncated_instances_file_is_no_mass_departure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("instances.toml");
+    let listed = "[[instance]]\napp = \"ORDER-SERVICE\"\nip = \"10.0.0.5\"\nport = 8080\n";
+    std::fs::write(&path, listed).unwrap();
+    let app = TestApp::spawn(TestConfig::file(&path).drain("reconcile_every = \"100ms\"")).await;
+    assert_eq!(
+        app.post("/api/v1/instances/10.0.0.5/offline?wait=true")
+            .await
+            .status(),
+        200
+    );
+
+    std::fs::write(&path, "").unwrap();
+    eventually("/readyz says the file is suspect", || async {
+        let ready: Value = app.get("/readyz").await.json().await.unwrap();
+        ready["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("lists no instance"))
+    })
+    .await;
+    let held: Value = app.get_json("/api/v1/offline").await;
+    assert_eq!(
+        held["instances"].as_array().map(Vec::len),
+        Some(1),
+        "{held}"
+    );
+    let view: Value = app.get_json("/api/v1/instances/10.0.0.5").await;
+    assert_eq!(view["instances"][0]["status"], "OUT_OF_SERVICE");
+
+    std::fs::write(&path, listed).unwrap();
+    eventually("ready again once the file lists instances", || async {
+        app.get("/readyz").await.status() == 200
+    })
+    .await;
+    let held: Value = app.get_json("/api/v1/offline").await;
+    assert_eq!(
+        held["instances"].as_array().map(Vec::len),
+        Some(1),
+        "{held}"
+    );
+}
+
 /// A tmpfs of the test's own, mounted on a folder of its temporary directory (root only).
 struct Mount(std::path::PathBuf);
 
@@ -237,4 +284,62 @@ async fn a_store_that_cannot_be_written_stops_the_start() {
         error.contains("opening the store") && error.contains("synchspeed.db"),
         "names the store: {error}"
     );
+}
+
+/// The audit trail is bounded by `store.retention`; what is held, and what is in flight, is
+/// kept whatever its age.
+#[tokio::test]
+async fn settled_operations_past_the_retention_are_forgotten_and_holds_are_kept() {
+    let eureka = EurekaDouble::with_order_service().await;
+    eureka.register(
+        "ORDER-SERVICE",
+        "10.0.0.6:order-service:8080",
+        "10.0.0.6",
+        8080,
+        "UP",
+    );
+    let app = TestApp::spawn(
+        TestConfig::eureka(&[eureka.url()]).store("retention = \"300ms\"\nprune_every = \"100ms\""),
+    )
+    .await;
+    // An offline and its online: settled, holding nothing. Then an offline that holds.
+    let settle = |path: &'static str| {
+        let app = &app;
+        async move {
+            let response = app.post(path).await;
+            let operation: Value = response.json().await.unwrap();
+            operation["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let released = settle("/api/v1/instances/10.0.0.6/offline?wait=true").await;
+    let online = settle("/api/v1/instances/10.0.0.6/online?wait=true").await;
+    let holding = settle("/api/v1/instances/10.0.0.5/offline?wait=true").await;
+
+    eventually("the settled operations are forgotten", || async {
+        app.get(&format!("/api/v1/operations/{online}"))
+            .await
+            .status()
+            == 404
+            && app
+                .get(&format!("/api/v1/operations/{released}"))
+                .await
+                .status()
+                == 404
+    })
+    .await;
+    assert_eq!(
+        app.get(&format!("/api/v1/operations/{holding}"))
+            .await
+            .status(),
+        200,
+        "the operation a hold names stays"
+    );
+    let held: Value = app.get_json("/api/v1/offline").await;
+    assert_eq!(held["instances"].as_array().map(Vec::len), Some(1));
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("synchspeed_operations_pruned_total 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("synchspeed_store_wal_bytes"), "{metrics}");
 }
