@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -25,15 +25,16 @@ struct ChangeRequest {
     body: Result<Bytes, BytesRejection>,
 }
 
-fn path_ip(raw: &str) -> Result<IpAddr, ApiError> {
-    parse_ip(raw).map_err(|e| ApiError::bad_request("invalid_ip", e.to_string()))
+fn path_ip(raw: Result<Path<String>, PathRejection>) -> Result<IpAddr, ApiError> {
+    let Path(raw) = super::parse::path(raw)?;
+    parse_ip(&raw).map_err(|e| ApiError::bad_request("invalid_ip", e.to_string()))
 }
 
 async fn change(
     state: AppState,
     action: Action,
     caller: Caller,
-    ip: String,
+    ip: Result<Path<String>, PathRejection>,
     request: ChangeRequest,
 ) -> Result<Response, ApiError> {
     let ChangeRequest {
@@ -41,7 +42,7 @@ async fn change(
         query,
         body,
     } = request;
-    let ip = path_ip(&ip)?;
+    let ip = path_ip(ip)?;
     let idempotency_key = options::idempotency_key(&headers)?;
     let options = options::instance_options(query.as_deref(), body, state.body_limits.bytes)?;
     let orchestrator = &state.orchestrator;
@@ -90,7 +91,7 @@ async fn change(
 pub async fn post_offline(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(ip): Path<String>,
+    ip: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
@@ -121,7 +122,7 @@ pub async fn post_offline(
 pub async fn post_online(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(ip): Path<String>,
+    ip: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
@@ -174,9 +175,9 @@ pub struct RegisteredInstance {
 )]
 pub async fn get_instance(
     State(state): State<AppState>,
-    Path(ip): Path<String>,
+    ip: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let ip = path_ip(&ip)?;
+    let ip = path_ip(ip)?;
     let IpView {
         registered,
         held,

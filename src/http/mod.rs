@@ -13,6 +13,7 @@ mod offline;
 pub mod openapi;
 mod operations;
 mod options;
+mod parse;
 pub mod server;
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -33,8 +33,9 @@ pub const MAX_TARGETS: usize = 5000;
 )]
 pub async fn get_operation(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(id) = super::parse::path(id)?;
     let id: OperationId =
         id.parse()
             .map_err(|e: crate::domain::operation::InvalidOperationId| {
@@ -80,8 +81,7 @@ pub async fn list_operations(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request("invalid_option", format!("query string: {e}")))?;
+    let query: ListQuery = options::query_options(query.as_deref())?;
     // An empty value is no filter, as an HTML form sends it (`?ip=&state=`).
     let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
     let filter = OperationFilter {

@@ -71,11 +71,7 @@ impl InstanceOptions {
 pub fn query_options<T: serde::de::DeserializeOwned + Default>(
     query: Option<&str>,
 ) -> Result<T, ApiError> {
-    match query.filter(|q| !q.is_empty()) {
-        Some(query) => serde_urlencoded::from_str::<T>(query)
-            .map_err(|e| ApiError::bad_request("invalid_option", format!("query string: {e}"))),
-        None => Ok(T::default()),
-    }
+    super::parse::from_query(query)
 }
 
 /// The query string and the body together.
@@ -104,9 +100,7 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
+    super::parse::from_json(&bytes).map(Some)
 }
 
 /// Longest `Idempotency-Key` accepted.

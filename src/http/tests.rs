@@ -514,3 +514,51 @@ async fn a_store_that_cannot_be_written_is_a_503_and_readyz_says_so() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
 }
+
+#[tokio::test]
+async fn every_error_is_the_envelope_and_names_the_field() {
+    let h = serve(harness().await, LOOPBACK, "127.0.0.1:40000");
+    // %FF is no UTF-8 once decoded.
+    let (status, body, headers) = call(&h.router, "GET", "/api/v1/instances/%FF", None).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_path"),
+        "{body}"
+    );
+    assert!(headers.contains_key("x-request-id"));
+    let (status, body, _) = call(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline?port=-1",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`port`"), "names the field: {message}");
+    assert!(!message.contains("invalid digit"), "{message}");
+    let unknown = serde_json::json!({"prot": 8080});
+    let (status, body, _) = send(
+        &h.router,
+        "POST",
+        "/api/v1/instances/10.0.0.5/offline",
+        None,
+        Some(unknown),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_option"),
+        "as in the query: {body}"
+    );
+    let (status, body, _) = call(&h.router, "GET", "/api/v1/operations?limit=lots", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`limit`"),
+        "{body}"
+    );
+    assert!(h.registry.writes().is_empty());
+}
