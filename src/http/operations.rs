@@ -148,6 +148,7 @@ pub struct BatchQuery {
 pub struct BatchTarget {
     #[schema(example = "10.0.0.5")]
     pub ip: String,
+    #[serde(default, deserialize_with = "super::options::port")]
     pub port: Option<u16>,
     pub app: Option<String>,
 }
@@ -197,6 +198,7 @@ pub async fn post_batch(
                 })?,
                 app: target
                     .app
+                    .filter(|app| !app.trim().is_empty())
                     .map(|app| {
                         AppName::parse(&app).map_err(|e| {
                             ApiError::bad_request(

@@ -19,6 +19,52 @@ pub const MAX_REASON: usize = 1024;
 /// answer, and would be a 504 by construction.
 pub const MIN_WAIT: Duration = Duration::from_millis(100);
 
+/// A port as JSON Schema's `integer` means it: `8080` and `8080.0` alike (an integral number,
+/// whatever its spelling), from a body or a query string.
+pub fn port<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    struct Port;
+    impl<'de> serde::de::Visitor<'de> for Port {
+        type Value = Option<u16>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a port number")
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            u16::try_from(n)
+                .map(Some)
+                .map_err(|_| E::custom("out of range"))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            u16::try_from(n)
+                .map(Some)
+                .map_err(|_| E::custom("out of range"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
+            if n.fract() == 0.0 && (0.0..=65535.0).contains(&n) {
+                // Checked: integral and in range.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                return Ok(Some(n as u16));
+            }
+            Err(E::custom("not a whole number in range"))
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            match text.trim().parse::<f64>() {
+                Ok(n) => self.visit_f64(n),
+                Err(_) => Err(E::custom("not a number")),
+            }
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<S: serde::Deserializer<'de>>(self, d: S) -> Result<Self::Value, S::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    deserializer.deserialize_any(Port)
+}
+
 /// A port filter: 1 to 65535 (no instance listens on port 0).
 pub fn port_filter(port: Option<u16>) -> Result<Option<u16>, ApiError> {
     match port {
@@ -36,6 +82,7 @@ pub fn port_filter(port: Option<u16>) -> Result<Option<u16>, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct InstanceOptions {
     /// Only the instance on this port.
+    #[serde(default, deserialize_with = "port")]
     pub port: Option<u16>,
     /// Only instances of this app.
     pub app: Option<String>,
@@ -97,7 +144,8 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
             ApiError::bad_request("invalid_body", rejection.body_text())
         }
     })?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // No body, and a JSON `null`, are no options.
+    if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
         return Ok(None);
     }
     super::parse::from_json(&bytes).map(Some)
@@ -142,12 +190,14 @@ pub fn reason(raw: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// An app filter; an empty value is no filter (as an HTML form sends it).
 pub fn app_filter(raw: Option<String>) -> Result<Option<AppName>, ApiError> {
-    raw.map(|app| {
-        AppName::parse(&app)
-            .map_err(|e| ApiError::bad_request("invalid_option", format!("app: {e}")))
-    })
-    .transpose()
+    raw.filter(|app| !app.trim().is_empty())
+        .map(|app| {
+            AppName::parse(&app)
+                .map_err(|e| ApiError::bad_request("invalid_option", format!("app: {e}")))
+        })
+        .transpose()
 }
 
 /// `Some(timeout)` when the caller waits. A timeout above the configured maximum is capped.
@@ -157,6 +207,7 @@ pub fn wait(
     drain: &DrainSettings,
 ) -> Result<Option<Duration>, ApiError> {
     let timeout = timeout
+        .filter(|raw| !raw.trim().is_empty())
         .map(|raw| {
             let shown = raw.chars().take(40).collect::<String>();
             let timeout = humantime::parse_duration(raw.trim()).map_err(|_| {
