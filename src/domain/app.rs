@@ -39,7 +39,7 @@ impl AppName {
         if trimmed.is_empty() {
             return Err(InvalidAppName::Empty);
         }
-        if trimmed.len() > Self::MAX_LEN {
+        if trimmed.chars().count() > Self::MAX_LEN {
             return Err(InvalidAppName::TooLong { max: Self::MAX_LEN });
         }
         if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {

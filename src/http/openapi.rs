@@ -89,7 +89,8 @@ fn constraint(name: &str) -> Option<Value> {
         // 100ms and up (shorter waits are refused); longer ones are capped, never refused.
         "timeout" => json!({"pattern": "^([1-9][0-9]{2,5}ms|[1-9][0-9]{0,4}(s|m|h))?$"}),
         // Empty is no filter, as an HTML form sends it.
-        "app" => json!({"pattern": "^[!-~]{0,255}$"}),
+        // Any characters but white space and control characters, as an app name takes.
+        "app" => json!({"pattern": "^[^\\s\\x00-\\x1f\\x7f-\\x9f]{0,255}$"}),
         "Idempotency-Key" => json!({"pattern": "^[!-~]{1,255}$"}),
         "id" => json!({"pattern": "^op_[0-7][0-9A-HJKMNP-TV-Z]{25}$"}),
         "targets" => json!({"minItems": 1, "maxItems": crate::http::operations::MAX_TARGETS}),

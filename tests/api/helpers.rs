@@ -469,12 +469,21 @@ impl Drop for Process {
 }
 
 /// Polls `check` until it holds, for at most 15 s: a generous deadline, never a fixed sleep.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    eventually_within(what, Duration::from_secs(15), check).await;
+}
+
+/// `eventually` with a deadline of its own (a JVM starting on a busy machine).
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if check().await {
             return;

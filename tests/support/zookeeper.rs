@@ -91,7 +91,8 @@ impl ZooKeeper {
             .expect("java runs ZooKeeper (Debian package `zookeeper`; scripts/test installs it)");
         self.child = Some(child);
         let connect = self.connect();
-        crate::helpers::eventually("ZooKeeper answers", || {
+        // A JVM starting while the rest of the suite keeps both cores busy: a minute at most.
+        crate::helpers::eventually_within("ZooKeeper answers", Duration::from_secs(60), || {
             let connect = connect.clone();
             async move {
                 let connecting = zookeeper_client::Client::connector()
