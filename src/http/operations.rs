@@ -82,8 +82,9 @@ pub async fn list_operations(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query: ListQuery = options::query_options(query.as_deref())?;
-    // An empty value is no filter, as an HTML form sends it (`?ip=&state=`).
-    let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+    // An empty value is no filter, as an HTML form sends it (`?ip=&state=`); white space
+    // is a value, and refused as one.
+    let given = |value: Option<String>| value.filter(|v| !v.is_empty());
     let filter = OperationFilter {
         ip: given(query.ip)
             .map(|ip| parse_ip(&ip).map_err(|e| ApiError::bad_request("invalid_ip", e.to_string())))
@@ -198,7 +199,7 @@ pub async fn post_batch(
                 })?,
                 app: target
                     .app
-                    .filter(|app| !app.trim().is_empty())
+                    .filter(|app| !app.is_empty())
                     .map(|app| {
                         AppName::parse(&app).map_err(|e| {
                             ApiError::bad_request(

@@ -192,7 +192,7 @@ pub fn reason(raw: Option<String>) -> Result<Option<String>, ApiError> {
 
 /// An app filter; an empty value is no filter (as an HTML form sends it).
 pub fn app_filter(raw: Option<String>) -> Result<Option<AppName>, ApiError> {
-    raw.filter(|app| !app.trim().is_empty())
+    raw.filter(|app| !app.is_empty())
         .map(|app| {
             AppName::parse(&app)
                 .map_err(|e| ApiError::bad_request("invalid_option", format!("app: {e}")))
@@ -207,7 +207,7 @@ pub fn wait(
     drain: &DrainSettings,
 ) -> Result<Option<Duration>, ApiError> {
     let timeout = timeout
-        .filter(|raw| !raw.trim().is_empty())
+        .filter(|raw| !raw.is_empty())
         .map(|raw| {
             let shown = raw.chars().take(40).collect::<String>();
             let timeout = humantime::parse_duration(raw.trim()).map_err(|_| {

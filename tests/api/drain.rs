@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestConfig, error_code, eventually};
+use crate::helpers::{TestApp, TestConfig, error_code, eventually, node_addresses};
 use crate::support::eureka::{EurekaDouble, Mode};
 use crate::support::gateway::{Behaviour, GatewayNode};
 
@@ -216,18 +216,6 @@ async fn online_removes_the_override_and_tells_the_nodes() {
     assert_eq!(events, vec!["offline", "online"]);
     let held: Value = app.get_json("/api/v1/offline").await;
     assert!(held["instances"].as_array().unwrap().is_empty());
-}
-
-/// The node addresses of an operation, sorted.
-fn node_addresses(operation: &Value) -> Vec<String> {
-    let mut nodes: Vec<String> = operation["gateways"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["node"].as_str().unwrap().to_owned())
-        .collect();
-    nodes.sort();
-    nodes
 }
 
 /// The node addresses an offline of 10.0.0.5 would tell, as a dry run resolves them.

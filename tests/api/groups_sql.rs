@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, TestConfig, error_code, eventually};
+use crate::helpers::{TestApp, TestConfig, error_code, eventually, node_addresses};
 use crate::support::eureka::EurekaDouble;
 use crate::support::gateway::{Behaviour, GatewayNode};
 use crate::support::route_db::{Kind, RouteDb};
@@ -33,17 +33,6 @@ fn config(eureka: &EurekaDouble, db: &RouteDb, source: &str, extra: &str) -> Tes
             db.query()
         ),
     )
-}
-
-fn node_addresses(operation: &Value) -> Vec<String> {
-    let mut nodes: Vec<String> = operation["gateways"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["node"].as_str().unwrap().to_owned())
-        .collect();
-    nodes.sort();
-    nodes
 }
 
 async fn the_groups_the_table_names_are_told(kind: Kind) {

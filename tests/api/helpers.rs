@@ -496,6 +496,18 @@ where
     }
 }
 
+/// The node addresses of an operation, sorted.
+pub fn node_addresses(operation: &Value) -> Vec<String> {
+    let mut nodes: Vec<String> = operation["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap().to_owned())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
 /// The error code of an error body.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: Value = response.json().await.unwrap();
