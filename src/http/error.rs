@@ -35,6 +35,10 @@ pub enum ApiError {
     BodyTimeout { after: std::time::Duration },
     #[error("a request body must be JSON, sent with Content-Type: application/json")]
     UnsupportedMediaType,
+    #[error("the request's path and query are longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("the request has more than {fields} header fields or {bytes} bytes of them")]
+    HeadersTooLarge { fields: usize, bytes: usize },
     #[error("too many operations in flight; try again in {retry_after} s")]
     TooManyRequests { retry_after: u64 },
     /// The registry refused the change (the operation failed; nothing was notified).
@@ -110,6 +114,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::UriTooLong { .. } => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            ApiError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
             ApiError::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_operations")
             }

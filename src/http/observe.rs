@@ -8,9 +8,40 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::AppState;
+use super::error::ApiError;
 use crate::telemetry::RequestLabels;
+use axum::response::IntoResponse;
 
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// The longest path and query taken (414 past it).
+const MAX_URI: usize = 8 * 1024;
+/// The most header fields, and header bytes, taken (431 past either).
+const MAX_HEADERS: usize = 100;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// A head past synchspeed's limits, answered in the envelope like every other error.
+fn oversized(request: &Request) -> Option<ApiError> {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if uri > MAX_URI {
+        return Some(ApiError::UriTooLong { limit: MAX_URI });
+    }
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return Some(ApiError::HeadersTooLarge {
+            fields: MAX_HEADERS,
+            bytes: MAX_HEADER_BYTES,
+        });
+    }
+    None
+}
 
 /// The `method` label: the methods HTTP defines, and `other` for anything a caller made up,
 /// so that no caller can add series to `/metrics` (every made-up method was one).
@@ -59,7 +90,10 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
         .unwrap_or_else(|| "unmatched".to_owned());
     let span =
         tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"), %method, %route);
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = match oversized(&request) {
+        Some(error) => error.into_response(),
+        None => next.run(request).instrument(span).await,
+    };
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, id);
     // Answers are JSON for programs: never sniffed as something else, never cached (an

@@ -65,6 +65,8 @@ fn description_of(status: &str) -> &'static str {
             "A request with this Idempotency-Key is still being handled, or drain.min_up refuses"
         }
         "413" => "The body is larger than server.body_limit",
+        "414" => "The path and query are longer than synchspeed takes (8 KiB)",
+        "431" => "More header fields (100) or header bytes (16 KiB) than synchspeed takes",
         "415" => "A body must be application/json",
         "422" => "The Idempotency-Key was used for another request",
         "429" => "Too many operations in flight; Retry-After says when to come back",
@@ -161,6 +163,12 @@ fn contract(document: &mut Value, tokens_required: bool) {
                 else {
                     continue;
                 };
+                // Every route: a head past synchspeed's limits.
+                for status in ["414", "431"] {
+                    responses
+                        .entry(status)
+                        .or_insert_with(|| error_response(status));
+                }
                 if guarded {
                     let mut statuses = vec!["401", "403"];
                     if has_body {

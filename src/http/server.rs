@@ -36,6 +36,12 @@ use crate::domain::policy::CallerPolicy;
 use crate::sync::lock;
 use crate::telemetry::{Metrics, RefusedLabels};
 
+/// hyper's read buffer and header count: far above what synchspeed takes (`observe.rs`
+/// answers past `MAX_URI` and `MAX_HEADERS` in the envelope), so hyper's own bare answers are
+/// left for heads no client sends.
+const HYPER_BUFFER: usize = 1024 * 1024;
+const HYPER_HEADERS: usize = 1000;
+
 /// How long the accept loop pauses after an accept error (out of file descriptors): retrying
 /// at once would spin a core while nothing can be accepted anyway.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -209,9 +215,14 @@ impl Connection {
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
+        // hyper answers a head past its own limits with a bare 414 or 431 (no body, no
+        // request id): its limits sit well above synchspeed's, which the router enforces
+        // with the error envelope (`observe.rs`).
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(HYPER_BUFFER)
+            .max_headers(HYPER_HEADERS)
             .keep_alive(true)
             .serve_connection(TokioIo::new(self.stream), service);
         tokio::pin!(connection);

@@ -185,3 +185,44 @@ async fn a_body_that_never_finishes_is_408_and_one_declared_too_large_is_413_unr
     })
     .await;
 }
+
+/// A head past synchspeed's limits is answered in the envelope, with its request id, like
+/// every other error (not hyper's bare 414 or 431).
+#[tokio::test]
+async fn an_oversized_head_is_answered_in_the_envelope() {
+    let eureka = EurekaDouble::with_order_service().await;
+    let app = TestApp::spawn(hardened(&eureka)).await;
+
+    let mut long = TcpStream::connect(addr(&app)).await.unwrap();
+    let path = format!("/api/v1/instances/10.0.0.5?{}", "a=1&".repeat(3000));
+    long.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let seen = read_until_closed(&mut long).await;
+    assert!(
+        seen.starts_with("HTTP/1.1 414"),
+        "{}",
+        &seen[..seen.len().min(300)]
+    );
+    assert!(seen.contains("\"code\":\"uri_too_long\""), "{seen}");
+    assert!(seen.contains("x-request-id"), "{seen}");
+
+    let mut many = TcpStream::connect(addr(&app)).await.unwrap();
+    let headers: String = (0..150).map(|n| format!("X-Filler-{n}: {n}\r\n")).collect();
+    many.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let seen = read_until_closed(&mut many).await;
+    assert!(
+        seen.starts_with("HTTP/1.1 431"),
+        "{}",
+        &seen[..seen.len().min(300)]
+    );
+    assert!(seen.contains("\"code\":\"headers_too_large\""), "{seen}");
+    assert!(seen.contains("x-request-id"), "{seen}");
+}
