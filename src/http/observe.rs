@@ -14,8 +14,9 @@ use axum::response::IntoResponse;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// The longest path and query taken (414 past it).
-const MAX_URI: usize = 8 * 1024;
+/// The longest path and query taken (414 past it): more than the longest valid query, a
+/// 1,024-character `reason` and a 255-character `app` of four-byte characters, percent-encoded.
+const MAX_URI: usize = 16 * 1024;
 /// The most header fields, and header bytes, taken (431 past either).
 const MAX_HEADERS: usize = 100;
 const MAX_HEADER_BYTES: usize = 16 * 1024;

@@ -65,7 +65,7 @@ fn description_of(status: &str) -> &'static str {
             "A request with this Idempotency-Key is still being handled, or drain.min_up refuses"
         }
         "413" => "The body is larger than server.body_limit",
-        "414" => "The path and query are longer than synchspeed takes (8 KiB)",
+        "414" => "The path and query are longer than synchspeed takes (16 KiB)",
         "431" => "More header fields (100) or header bytes (16 KiB) than synchspeed takes",
         "415" => "A body must be application/json",
         "422" => "The Idempotency-Key was used for another request",

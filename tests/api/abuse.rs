@@ -194,7 +194,7 @@ async fn an_oversized_head_is_answered_in_the_envelope() {
     let app = TestApp::spawn(hardened(&eureka)).await;
 
     let mut long = TcpStream::connect(addr(&app)).await.unwrap();
-    let path = format!("/api/v1/instances/10.0.0.5?{}", "a=1&".repeat(3000));
+    let path = format!("/api/v1/instances/10.0.0.5?{}", "a=1&".repeat(5000));
     long.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -225,4 +225,34 @@ async fn an_oversized_head_is_answered_in_the_envelope() {
     );
     assert!(seen.contains("\"code\":\"headers_too_large\""), "{seen}");
     assert!(seen.contains("x-request-id"), "{seen}");
+}
+
+/// The longest query the contract allows (a 1,024-character reason and a 255-character app name,
+/// every character four bytes, percent-encoded) is read and answered, not refused as too long.
+#[tokio::test]
+async fn the_longest_valid_query_is_answered() {
+    let eureka = EurekaDouble::with_order_service().await;
+    let app = TestApp::spawn(hardened(&eureka)).await;
+    let widest = '\u{1D11E}';
+    let reason: String = std::iter::repeat_n(widest, 1024).collect();
+    let app_name: String = std::iter::repeat_n(widest, 255).collect();
+    let response = reqwest::Client::new()
+        .post(app.url("/api/v1/instances/10.0.0.5/offline"))
+        .query(&[
+            ("dry_run", "true"),
+            ("reason", reason.as_str()),
+            ("app", app_name.as_str()),
+            ("timeout", "30s"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(response.url().as_str().len() > 12 * 1024);
+    // Read to its end: no instance of 10.0.0.5 has that app name.
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        crate::helpers::error_code(response).await,
+        "instance_not_found"
+    );
+    assert!(eureka.status_writes().is_empty());
 }
