@@ -15,6 +15,7 @@ mod operations;
 mod options;
 mod parse;
 pub mod server;
+mod unparsed;
 
 #[cfg(test)]
 mod tests;

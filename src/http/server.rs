@@ -31,14 +31,15 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use super::unparsed::Enveloped;
 use crate::domain::ip::canonical;
 use crate::domain::policy::CallerPolicy;
 use crate::sync::lock;
 use crate::telemetry::{Metrics, RefusedLabels};
 
 /// hyper's read buffer and header count: far above what synchspeed takes (`observe.rs`
-/// answers past `MAX_URI` and `MAX_HEADERS` in the envelope), so hyper's own bare answers are
-/// left for heads no client sends.
+/// answers past `MAX_URI` and `MAX_HEADERS`), so that hyper's own answers (put in the envelope
+/// by `unparsed.rs`, with less detail) are left for heads no client sends.
 const HYPER_BUFFER: usize = 1024 * 1024;
 const HYPER_HEADERS: usize = 1000;
 
@@ -215,16 +216,17 @@ impl Connection {
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
-        // hyper answers a head past its own limits with a bare 414 or 431 (no body, no
-        // request id): its limits sit well above synchspeed's, which the router enforces
-        // with the error envelope (`observe.rs`).
+        // hyper's limits sit well above synchspeed's, which the router enforces with the
+        // error envelope (`observe.rs`); what hyper refuses itself (a head past its limits,
+        // one that does not parse) is put in the envelope on its way out (`unparsed.rs`).
+        let io = Enveloped::new(TokioIo::new(self.stream), peer, Arc::clone(&self.metrics));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .max_buf_size(HYPER_BUFFER)
             .max_headers(HYPER_HEADERS)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(self.stream), service);
+            .serve_connection(io, service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

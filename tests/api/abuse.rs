@@ -256,3 +256,47 @@ async fn the_longest_valid_query_is_answered() {
     );
     assert!(eureka.status_writes().is_empty());
 }
+
+/// What hyper cannot parse (a malformed request line, a header name with a space, a length
+/// that is no number, a TLS hello on the plain port) is a 400 in the envelope with a request
+/// id, also after a good request on the same connection; the service goes on answering.
+#[tokio::test]
+async fn a_request_that_does_not_parse_is_a_400_in_the_envelope() {
+    let eureka = EurekaDouble::with_order_service().await;
+    let app = TestApp::spawn(hardened(&eureka)).await;
+    let unparseable: [&[u8]; 4] = [
+        b"GARBAGE\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n",
+        b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ];
+    for request in unparseable {
+        let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let seen = read_until_closed(&mut stream).await;
+        assert!(seen.starts_with("HTTP/1.1 400 "), "{seen}");
+        assert!(seen.contains("\r\nx-request-id: "), "{seen}");
+        let body: Value = serde_json::from_str(seen.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{seen}");
+    }
+
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    stream
+        .write_all(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut stream).await;
+    let (first, second) = seen.split_once("HTTP/1.1 400 ").expect(&seen);
+    assert!(first.starts_with("HTTP/1.1 200 "), "{seen}");
+    assert!(second.contains("\"code\":\"bad_request\""), "{seen}");
+
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert!(eureka.status_writes().is_empty());
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("route=\"unparsed\",status=\"400\""),
+        "{metrics}"
+    );
+}
