@@ -365,3 +365,34 @@ pub(crate) async fn harness() -> Harness {
     let routes = BTreeMap::from([(app(APP), vec![app(GROUP)])]);
     harness_with(Arc::new(StaticGroups::new(routes))).await
 }
+
+/// An operation on `ip` with no instance or node yet, as a test starts one.
+pub(crate) fn operation_on(at: &str) -> crate::domain::Operation {
+    use crate::domain::operation::{Caller, Origin, Target};
+    use crate::domain::{Action, Operation, OperationId, OperationState};
+    Operation {
+        id: OperationId::generate(),
+        action: Action::Offline,
+        state: OperationState::InProgress,
+        target: Target {
+            ip: ip(at),
+            port: None,
+            app: None,
+        },
+        targets: vec![],
+        reason: None,
+        caller: Caller {
+            addr: ip("127.0.0.1"),
+            principal: None,
+        },
+        origin: Origin::Api,
+        instances: vec![],
+        routes: vec![],
+        gateways: vec![],
+        warnings: vec![],
+        error: None,
+        created_at: chrono::Utc::now(),
+        registry_updated_at: None,
+        completed_at: None,
+    }
+}

@@ -8,6 +8,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tracing::{Instrument, info};
 
+use super::events::{EventKind, Events};
 use super::idempotency::key_of;
 use super::plan::{self, Plan, describe};
 use super::{DrainError, DrainOutcome, DrainRequest, Orchestrator};
@@ -100,7 +101,7 @@ impl Orchestrator {
         let desired = match registry_result {
             Ok(desired) => desired,
             Err(error) => {
-                record_settled(&self.metrics, &operation);
+                record_settled(&self.metrics, &self.events, &operation);
                 return Err(error);
             }
         };
@@ -231,7 +232,8 @@ async fn wait_for(
 
 /// Counts a settled (or failed) operation and logs it: the one line per operation an
 /// operator greps for.
-pub(super) fn record_settled(metrics: &Metrics, operation: &Operation) {
+pub(super) fn record_settled(metrics: &Metrics, events: &Events, operation: &Operation) {
+    events.whole(EventKind::Settled, operation);
     metrics.operations_in_flight.dec();
     metrics
         .operations

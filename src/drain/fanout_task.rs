@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::{Instrument, error, warn};
 
+use super::events::{EventKind, EventScope, Events};
 use super::lanes::LaneGuard;
 use super::registry_step::REGISTRY_WRITES_IN_FLIGHT;
 use super::settling::Settling;
@@ -66,6 +67,8 @@ struct FanOutTask {
     metrics: Arc<Metrics>,
     live: Arc<LiveOperations>,
     settling: Arc<Settling>,
+    events: Arc<Events>,
+    scope: Arc<EventScope>,
 }
 
 impl Orchestrator {
@@ -91,6 +94,9 @@ impl Orchestrator {
             .map(|node| node.state == NodeState::Pending)
             .collect();
         let id = operation.id.clone();
+        let scope = EventScope::of(&operation);
+        self.events
+            .operation(EventKind::Started, &scope, &operation);
         let unjournaled = Arc::new(Mutex::new(desired));
         let status = operation.action.target_status();
         let (sender, receiver) = watch::channel(operation);
@@ -105,7 +111,7 @@ impl Orchestrator {
                     slot,
                     node: node.clone(),
                     notification: Arc::clone(by_app.get(app)?),
-                    progress: progress_of(&sender, slot),
+                    progress: progress_of(&sender, slot, &self.events, &scope),
                 })
             })
             .collect();
@@ -130,6 +136,8 @@ impl Orchestrator {
             metrics: Arc::clone(&self.metrics),
             live: Arc::clone(&self.live),
             settling: Arc::clone(&self.settling),
+            events: Arc::clone(&self.events),
+            scope,
         };
         self.tasks.spawn(task.run().instrument(span));
         receiver
@@ -151,7 +159,7 @@ impl FanOutTask {
         let answers = async {
             let _timer = self.metrics.time(Step::Gateways);
             let deliveries = self.fanout.deliver(self.jobs);
-            record_answers(deliveries, sender, &self.metrics).await;
+            record_answers(deliveries, sender, &self.metrics, &self.events, &self.scope).await;
         };
         let fan_out = async {
             tokio::join!(answers, reading_back);
@@ -184,7 +192,7 @@ impl FanOutTask {
         // Counted before anyone sees it settle; journaled right after the waiters are
         // answered, and the operation stays live (readable from memory) until then. List
         // queries, which read the journal, wait for it (`settling`).
-        record_settled(&self.metrics, &settled);
+        record_settled(&self.metrics, &self.events, &settled);
         self.settling.answered(&settled.id);
         sender.send_replace(settled.clone());
         // A registry step whose own journal failed gets a second chance with the settle.
@@ -199,8 +207,14 @@ impl FanOutTask {
 
 /// Shows a pending node's progress on the live operation. A report that arrives after the
 /// node's answer (they travel separately) is stale and dropped.
-fn progress_of(sender: &Arc<watch::Sender<Operation>>, slot: usize) -> Progress {
+fn progress_of(
+    sender: &Arc<watch::Sender<Operation>>,
+    slot: usize,
+    events: &Arc<Events>,
+    scope: &Arc<EventScope>,
+) -> Progress {
     let sender = Arc::clone(sender);
+    let (events, scope) = (Arc::clone(events), Arc::clone(scope));
     Progress::new(move |detail| {
         // Like a node's answer, seen by readers without waking the waiters.
         sender.send_if_modified(|op| {
@@ -208,6 +222,7 @@ fn progress_of(sender: &Arc<watch::Sender<Operation>>, slot: usize) -> Progress 
                 && node.state == NodeState::Pending
             {
                 node.haproxy = Some(detail);
+                events.progress(&scope, slot, node);
             }
             false
         });
@@ -305,6 +320,8 @@ async fn record_answers(
     deliveries: impl futures::Stream<Item = (usize, Delivery)>,
     sender: &watch::Sender<Operation>,
     metrics: &Metrics,
+    events: &Events,
+    scope: &Arc<EventScope>,
 ) {
     futures::pin_mut!(deliveries);
     while let Some((slot, delivery)) = deliveries.next().await {
@@ -334,6 +351,7 @@ async fn record_answers(
                 warn!(node = %node.node, group = %node.group, attempts = delivery.attempts,
                     "gateway node did not acknowledge: {}", delivery.error.as_deref().unwrap_or("no answer"));
             }
+            events.node(scope, slot, node);
             false
         });
     }

@@ -7,6 +7,7 @@
 //! * [`idempotency`]: `Idempotency-Key` claims and replays;
 //! * [`registry_step`]: the soft transaction (all or nothing, revert, failure codes);
 //! * [`fanout_task`]: the background fan-out, recorded live and journaled as it settles;
+//! * [`events`]: every change to an operation, published for the event streams;
 //! * [`reassert`], [`reconcile`], [`resume`]: keeping the word after the answer;
 //! * [`lanes`], [`index`], [`settling`]: per-IP order, the in-memory read views, and the
 //!   settles answered before the journal has them. Each is one small type the orchestrator
@@ -14,6 +15,7 @@
 //!   a store) can take its place.
 
 mod backoff;
+pub(crate) mod events;
 mod execute;
 mod fanout_task;
 mod guard;
@@ -95,6 +97,8 @@ pub struct Orchestrator {
     /// The latest dry runs, so that a planned operation's id can be fetched like any other
     /// for a while; never journaled (nothing happened).
     dry_runs: Mutex<std::collections::VecDeque<Operation>>,
+    /// Every change to an operation, for the event streams.
+    events: Arc<events::Events>,
 }
 
 /// Dry runs kept fetchable by id.
@@ -161,7 +165,13 @@ impl Orchestrator {
             recheck: tokio::sync::Notify::new(),
             grace_over: tokio_util::sync::CancellationToken::new(),
             reassertions: Mutex::default(),
+            events: Arc::default(),
         })
+    }
+
+    /// Every change to an operation, as it happens.
+    pub fn events(&self) -> &events::Events {
+        &self.events
     }
 
     pub fn settings(&self) -> &DrainSettings {
@@ -281,6 +291,8 @@ impl Orchestrator {
                 }
             }
         }
+        // Nothing changes any more: the event streams end, and hold no connection open.
+        self.events.close();
         finished
     }
 }

@@ -245,6 +245,7 @@ impl Orchestrator {
             })
             .collect();
         let answers: Vec<_> = self.fanout.deliver(jobs).collect().await;
+        let scope = super::events::EventScope::of(&operation);
         for (slot, delivery) in answers {
             let Some(node) = operation.gateways.get_mut(slot) else {
                 continue;
@@ -262,6 +263,7 @@ impl Orchestrator {
             } else {
                 node.error = delivery.error;
             }
+            self.events.node(&scope, slot, node);
         }
         let all_acked = operation
             .gateways

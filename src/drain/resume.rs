@@ -63,7 +63,7 @@ impl Orchestrator {
                 Ok(desired) => Some(desired),
                 Err(e) => {
                     error!(operation = %operation.id, "resumed operation failed at the registry: {e}");
-                    record_settled(&self.metrics, &operation);
+                    record_settled(&self.metrics, &self.events, &operation);
                     return;
                 }
             }

@@ -6,6 +6,7 @@ mod auth;
 mod body;
 mod browser;
 pub mod error;
+mod events;
 mod health;
 mod instances;
 mod observe;
@@ -60,6 +61,11 @@ pub fn router(state: AppState) -> Router {
             post(operations::post_batch).get(operations::list_operations),
         )
         .route("/api/v1/operations/{id}", get(operations::get_operation))
+        .route(
+            "/api/v1/operations/{id}/events",
+            get(events::operation_events),
+        )
+        .route("/api/v1/events", get(events::every_event))
         .route("/api/v1/offline", get(offline::list_offline))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

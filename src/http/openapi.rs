@@ -22,6 +22,8 @@ use super::error::ok;
         super::operations::post_batch,
         super::operations::get_operation,
         super::operations::list_operations,
+        super::events::operation_events,
+        super::events::every_event,
         super::offline::list_offline,
         super::health::healthz,
         super::health::readyz,

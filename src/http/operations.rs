@@ -23,6 +23,14 @@ const MAX_LIMIT: u32 = 500;
 /// Largest batch: enough for a whole fleet, small enough to plan in one go.
 pub const MAX_TARGETS: usize = 5000;
 
+/// An operation id as synchspeed writes it, or a 400 that says what is wrong with it.
+pub fn parse_operation_id(id: &str) -> Result<OperationId, ApiError> {
+    id.parse()
+        .map_err(|e: crate::domain::operation::InvalidOperationId| {
+            ApiError::bad_request("invalid_id", e.to_string())
+        })
+}
+
 /// One operation with its per-instance and per-node results.
 #[utoipa::path(
     get,
@@ -36,11 +44,7 @@ pub async fn get_operation(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = super::parse::path(id)?;
-    let id: OperationId =
-        id.parse()
-            .map_err(|e: crate::domain::operation::InvalidOperationId| {
-                ApiError::bad_request("invalid_id", e.to_string())
-            })?;
+    let id = parse_operation_id(&id)?;
     match state.orchestrator.operation(&id).await? {
         Some(operation) => Ok(ok(operation)),
         None => Err(ApiError::NotFound {

@@ -78,6 +78,10 @@ async fn check_the_contract(security: &str, token: Option<&str>) {
         "--seed".to_owned(),
         "20261201".to_owned(),
         "--no-color".to_owned(),
+        // The stream of everything never ends by design (an operation's stream does, and is
+        // checked): schemathesis would wait on it for good.
+        "--exclude-path".to_owned(),
+        "/api/v1/events".to_owned(),
     ];
     if let Some(token) = token {
         args.push("-H".to_owned());

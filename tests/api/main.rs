@@ -13,6 +13,7 @@ mod contract;
 mod crash;
 mod drain;
 mod errors;
+mod events;
 mod groups_sql;
 mod guard;
 mod haproxy;
