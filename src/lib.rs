@@ -18,12 +18,15 @@
 //! * `gateway`: a group's nodes, the `Notifier` trait (webhook, HAProxy), the bounded fan-out.
 //! * `store`: the operations journal and the desired state (SQLite).
 //! * `domain`: plain types with no I/O: instances, operations, the caller policy.
+//! * [`cli`]: the client commands of the same binary (offline, online, batch, status, holds,
+//!   ops, watch), over the public API only.
 //! * `sync`, `diagnostics`: poison-tolerant locks; error chains and answer snippets for logs.
 //!
 //! The crate exports what the binary, the black-box tests and the benchmark need: settings,
 //! the application, and the names of the timed steps. Everything else is private, so the
 //! compiler sees the whole crate.
 
+pub mod cli;
 pub mod config;
 mod diagnostics;
 mod domain;

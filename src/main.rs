@@ -1,4 +1,5 @@
-//! The `synchspeed` binary: parse the command line, load settings, start. Nothing else.
+//! The `synchspeed` binary: parse the command line; serve (load settings, start), check a
+//! configuration, or run a client command (`cli`). Nothing else.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,14 +13,16 @@ use synchspeed::telemetry;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// sysexits.h EX_CONFIG: the configuration is unusable.
-const EXIT_CONFIG: u8 = 64;
+/// Bad usage (sysexits.h EX_USAGE): an argument, or a configuration, synchspeed refuses.
+const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
     name = "synchspeed",
     version,
-    about = "Lossless offline and online for gateway-fronted microservices"
+    about = "Lossless offline and online for gateway-fronted microservices",
+    after_help = synchspeed::cli::EXIT_CODES,
+    after_long_help = synchspeed::cli::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,17 +44,32 @@ enum Command {
         #[arg(long, env = "SYNCHSPEED_CONFIG")]
         config: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Client(synchspeed::cli::ClientCommand),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are no errors; anything else is bad usage (64).
+            let usage = error.use_stderr();
+            let _ = error.print();
+            return if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // Freed pages go back to the system on jemalloc's own thread, also while the service is
     // idle (without it they are purged only as later allocations pass by).
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
     let config = match cli.command {
         Command::Serve { config } => config,
         Command::CheckConfig { config } => return check_config(config.as_deref()),
+        Command::Client(command) => return synchspeed::cli::run(command).await,
     };
     let settings = match Settings::load(config.as_deref()) {
         Ok(settings) => settings,
@@ -81,7 +99,7 @@ async fn main() -> ExitCode {
 
 fn invalid_configuration(error: &ConfigError) -> ExitCode {
     eprintln!("synchspeed: invalid configuration: {error}");
-    ExitCode::from(EXIT_CONFIG)
+    ExitCode::from(EXIT_USAGE)
 }
 
 /// Prints the effective configuration (stdout, TOML) and says it is valid (stderr).

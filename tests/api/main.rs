@@ -9,6 +9,7 @@ mod helpers;
 
 mod abuse;
 mod cli;
+mod client;
 mod contract;
 mod crash;
 mod drain;
