@@ -5,6 +5,7 @@
 mod auth;
 mod body;
 mod browser;
+mod console;
 pub mod error;
 mod events;
 mod health;
@@ -82,6 +83,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route("/ui", get(console::index))
+        .route("/ui/", get(console::index))
+        .route("/ui/app.js", get(console::script))
+        .route("/ui/app.css", get(console::style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

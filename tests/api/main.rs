@@ -10,6 +10,7 @@ mod helpers;
 mod abuse;
 mod cli;
 mod client;
+mod console;
 mod contract;
 mod crash;
 mod drain;
