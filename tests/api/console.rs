@@ -16,7 +16,8 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// playwright-core's folder, or `None` when the tools are missing (then the test says so,
 /// and fails under CI).
 fn playwright() -> Option<PathBuf> {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/node/node_modules/playwright-core");
+    let folder =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/node/node_modules/playwright-core");
     if folder.exists() && Path::new(CHROMIUM).exists() {
         return Some(folder);
     }
@@ -34,7 +35,13 @@ async fn an_operator_sees_holds_and_fan_outs_live_and_brings_an_instance_online(
         return;
     };
     let eureka = EurekaDouble::with_order_service().await;
-    eureka.register("PAYMENT-SERVICE", "10.0.0.7:payment-service:8080", "10.0.0.7", 8080, "UP");
+    eureka.register(
+        "PAYMENT-SERVICE",
+        "10.0.0.7:payment-service:8080",
+        "10.0.0.7",
+        8080,
+        "UP",
+    );
     let quick = GatewayNode::start(Behaviour::Ack).await;
     // Slow enough for the page to show it pending, within the node timeout set below.
     let slow = GatewayNode::start(Behaviour::Slow(2500)).await;
@@ -77,7 +84,9 @@ async fn an_operator_sees_holds_and_fan_outs_live_and_brings_an_instance_online(
 
     // What the page did, as the registry and the audit trail have it.
     assert_eq!(
-        eureka.status("ORDER-SERVICE", "10.0.0.5:order-service:8080").as_deref(),
+        eureka
+            .status("ORDER-SERVICE", "10.0.0.5:order-service:8080")
+            .as_deref(),
         Some("UP")
     );
     let client = reqwest::Client::new();
@@ -96,7 +105,13 @@ async fn an_operator_sees_holds_and_fan_outs_live_and_brings_an_instance_online(
     assert_eq!(operations[0]["action"], "online");
     assert_eq!(operations[0]["reason"], "back from the console");
     assert_eq!(operations[0]["caller"]["principal"], "deployer");
-    for shot in ["1-held", "2-fan-out-running", "3-fan-out-done", "4-confirm", "5-phone"] {
+    for shot in [
+        "1-held",
+        "2-fan-out-running",
+        "3-fan-out-done",
+        "4-confirm",
+        "5-phone",
+    ] {
         assert!(screenshots.join(format!("{shot}.png")).exists(), "{shot}");
     }
 }
