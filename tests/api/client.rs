@@ -355,3 +355,36 @@ async fn on_a_terminal_each_node_gets_a_live_line_and_the_final_screen_says_the_
     // Drawn live: the terminal was redrawn while the slow node was pending.
     assert!(String::from_utf8_lossy(&raw).contains("pending"), "{text}");
 }
+
+#[tokio::test]
+async fn a_refusal_as_it_stands_and_a_busy_service_have_their_own_codes() {
+    let gated = GatewayNode::start(Behaviour::Gated).await;
+    let eureka = EurekaDouble::with_order_service().await;
+    eureka.register(
+        "PAYMENT-SERVICE",
+        "10.0.0.7:payment-service:8080",
+        "10.0.0.7",
+        8080,
+        "UP",
+    );
+    let app = TestApp::spawn(
+        TestConfig::eureka(&[eureka.url()])
+            .route("ORDER-SERVICE", &["GATEWAY-PUBLIC"])
+            .route("PAYMENT-SERVICE", &["GATEWAY-PUBLIC"])
+            .nodes("GATEWAY-PUBLIC", vec![gated.address()])
+            .drain("max_in_flight = 1")
+            .tables("[drain.min_up]\n\"order-service\" = 1"),
+    )
+    .await;
+    // The only UP instance of ORDER-SERVICE: drain.min_up refuses it.
+    let refused = run(&app, &["offline", "10.0.0.5"]).await;
+    assert_eq!(refused.code, 7, "{}", refused.stderr);
+    assert!(refused.stderr.contains("min_up"), "{}", refused.stderr);
+
+    // One operation in flight (its node is gated) takes the only slot: the next is 429.
+    let first = run(&app, &["offline", "10.0.0.7"]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let busy = run(&app, &["online", "10.0.0.5"]).await;
+    assert_eq!(busy.code, 8, "{}", busy.stderr);
+    gated.open_gate();
+}
