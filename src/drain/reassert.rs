@@ -2,10 +2,12 @@
 //! ZooKeeper watch event, a Eureka delta or full fetch, a re-read instances file) is compared
 //! with the desired state as it arrives.
 //!
-//! * A held instance seen as anything but OUT_OF_SERVICE (its own client wrote UP back after
-//!   a reconnection; a fast restart with the same id whose cancel removed the override) is
-//!   taken out again on every peer, and the gateways are told again. One that keeps coming
-//!   back is corrected less and less often (back-off up to `drain.retry_max`).
+//! * A held instance seen as anything but OUT_OF_SERVICE is asked for at the source, on every
+//!   peer (a copy may be older than synchspeed's own write: Eureka's read-only response
+//!   cache). Where it is UP there (its own client wrote UP back after a reconnection; a fast
+//!   restart with the same id whose cancel removed the override), it is taken out again on
+//!   every peer, and the gateways are told again. One that keeps coming back is corrected
+//!   less and less often (back-off up to `drain.retry_max`).
 //! * A held instance the copy no longer has is judged at once on every peer, uncached: when
 //!   none has it, its hold ends (so a new registration on that IP:port seconds later is new),
 //!   where registrations cannot tell processes apart (Eureka; see `judge_departure`).
@@ -29,7 +31,7 @@ use super::reconcile::{Verdict, judge};
 use super::{DrainOutcome, DrainRequest, Orchestrator};
 use crate::domain::operation::RECONCILER_PRINCIPAL;
 use crate::domain::{Action, Caller, HoldEnd, Instance, InstanceKey, Origin, Status, Target};
-use crate::registry::Observed;
+use crate::registry::{Observed, Sighting};
 use crate::telemetry::TriggerLabels;
 
 /// What found a lost hold: the `trigger` of `synchspeed_reassertions_total`.
@@ -88,20 +90,32 @@ async fn check(orchestrator: &Orchestrator, instance: &Instance) {
         return;
     }
     let by_time = orchestrator.registry.registration_time_identifies_process();
-    let held = orchestrator
+    let Some(hold) = orchestrator
         .holds_on(instance.ip)
         .into_iter()
-        .any(|hold| hold.is_of(instance, by_time));
-    if !held || !orchestrator.reassertion_due(&instance.key()) {
+        .find(|hold| hold.is_of(instance, by_time))
+    else {
+        return;
+    };
+    // What a refresh shows may be older than synchspeed's own write (Eureka serves `apps` and
+    // deltas from a read-only map up to 30 s stale): each peer is asked at the source, and
+    // only a registration that is UP there is a loss, judged as the periodic pass judges it.
+    let sightings = orchestrator
+        .registry
+        .sightings(&hold.key(), instance.ip)
+        .await;
+    let Verdict::Lost(lost) = judge(&hold, &sightings, by_time) else {
+        return;
+    };
+    if !orchestrator.reassertion_due(&lost.key()) {
         return;
     }
-    reassert(
-        orchestrator,
-        instance,
-        orchestrator.registry.kind(),
-        Trigger::Change,
-    )
-    .await;
+    let peers: Vec<&str> = sightings
+        .iter()
+        .filter(|(_, s)| matches!(s, Sighting::Present(i) if i.status == Status::Up))
+        .map(|(peer, _)| peer.as_str())
+        .collect();
+    reassert(orchestrator, &lost, &peers.join(", "), Trigger::Change).await;
 }
 
 /// A held instance the copy no longer has: every peer is asked, and the hold ends only

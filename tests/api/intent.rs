@@ -499,3 +499,37 @@ async fn a_departure_the_refresh_shows_ends_the_hold_at_once() {
     );
     assert_eq!(reconcile_runs(&app).await, 1, "only the pass at start ran");
 }
+
+/// Eureka serves `GET apps` and `apps/delta` from a read-only map refreshed every 30 s, so
+/// the refreshes right after an offline still show the instance UP. That is an old copy, not
+/// a loss: each peer is asked directly before anything is re-asserted, and nothing is.
+#[tokio::test]
+async fn a_stale_read_after_an_offline_is_checked_at_the_source_and_not_re_asserted() {
+    let (a, b) = two_peers().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let app = TestApp::spawn(default_reconciler(&[&a, &b], &node)).await;
+    for peer in [&a, &b] {
+        peer.refresh_read_cache();
+    }
+    take_out(&app).await;
+    assert_eq!(
+        (status(&a), status(&b)),
+        ("OUT_OF_SERVICE".into(), "OUT_OF_SERVICE".into())
+    );
+    // Refreshes served from the stale map after the offline, on both peers.
+    let deltas = |peer: &EurekaDouble| {
+        peer.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/apps/delta"))
+            .count()
+    };
+    let (from_a, from_b) = (deltas(&a), deltas(&b));
+    eventually("five more refreshes", || async {
+        deltas(&a) + deltas(&b) >= from_a + from_b + 5
+    })
+    .await;
+    assert_eq!(reassertions(&app, "change").await, 0);
+    assert_eq!(node.received().len(), 1, "the gateway was told once");
+    assert_eq!(operations(&app, "ip=10.0.0.5").await.len(), 1);
+    assert_eq!(held(&app).await, 1);
+}

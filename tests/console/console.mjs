@@ -64,6 +64,18 @@ try {
   await page.locator("#operation").getByText("acked").first().waitFor();
   await page.screenshot({ path: path.join(shots, "3-fan-out-done.png"), fullPage: true });
 
+  // An instance's view by IP, and the audit trail filtered by it.
+  await page.fill("#ip", "10.0.0.7");
+  await page.click("#ip-form button");
+  await page.locator("#instance").getByText("held offline").waitFor();
+  await page.locator("#instance").getByText("OUT_OF_SERVICE").waitFor();
+  await page.fill("#ops-ip", "10.0.0.7");
+  await page.click("#ops-form button");
+  await page.locator("#ops tbody tr").first().waitFor();
+  if ((await page.locator("#ops tbody tr").count()) !== 1) throw new Error("the IP filter kept other operations");
+  await page.fill("#ops-ip", "");
+  await page.click("#ops-form button");
+
   // Brought back from the page: a confirmation first, then the operation, live.
   const row = page.locator("#holds tr", { hasText: "10.0.0.5:order-service:8080" });
   await row.getByRole("button", { name: "Bring online…" }).click();

@@ -11,8 +11,9 @@
 //! * heartbeats run the rule chain (DownOrStarting, OverrideExists, LeaseExists);
 //! * cancel removes the override (so a re-registration comes back UP);
 //! * `GET apps`, `apps/delta`, `apps/{APP}` answer XML unless `Accept` contains "json", are
-//!   gzipped when asked, and `GET apps` can be served from a read-only cache that only
-//!   `refresh_read_cache` updates (the 30 s `responseCacheUpdateIntervalMs`, made explicit);
+//!   gzipped when asked, and `GET apps` and `apps/delta` can be served from a read-only cache
+//!   that only `refresh_read_cache` updates (the 30 s `responseCacheUpdateIntervalMs`, made
+//!   explicit): `ResponseCacheImpl` keeps both payloads in its read-only map;
 //! * JSON as the Jackson codec writes it: `port.$` number with `@enabled` string, string
 //!   `@Auto` timestamps, `{"@class": ...EmptyMap}` for empty metadata, string
 //!   `versions__delta`/`apps__hashcode`;
@@ -120,6 +121,7 @@ struct Inner {
     version: u64,
     clock: i64,
     read_cache: Option<Value>,
+    read_cache_delta: Option<Value>,
     use_read_cache: bool,
     mode: Option<Mode>,
     refused_ids: Vec<String>,
@@ -408,11 +410,13 @@ impl EurekaDouble {
         self.lock().mode = Some(mode);
     }
 
-    /// Serves `GET apps` from a snapshot taken now, until the next call (the read-only cache).
+    /// Serves `GET apps` and `apps/delta` from snapshots taken now, until the next call (the
+    /// read-only cache).
     pub fn refresh_read_cache(&self) {
         let mut inner = self.lock();
         let snapshot = inner.applications(false);
         inner.read_cache = Some(snapshot);
+        inner.read_cache_delta = Some(inner.applications(true));
         inner.use_read_cache = true;
     }
 
@@ -527,7 +531,13 @@ async fn get_apps(State(double): State<EurekaDouble>, headers: HeaderMap) -> Res
 }
 
 async fn get_delta(State(double): State<EurekaDouble>, headers: HeaderMap) -> Response {
-    let body = double.lock().applications(true);
+    let body = {
+        let inner = double.lock();
+        match (&inner.read_cache_delta, inner.use_read_cache) {
+            (Some(cached), true) => cached.clone(),
+            _ => inner.applications(true),
+        }
+    };
     if *double.deltas_held.borrow() {
         use std::sync::atomic::Ordering;
         double.deltas_waiting.fetch_add(1, Ordering::SeqCst);
