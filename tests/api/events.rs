@@ -13,13 +13,13 @@ use crate::support::gateway::{Behaviour, GatewayNode};
 
 /// One Server-Sent Event.
 #[derive(Debug)]
-struct Sse {
-    event: String,
-    data: Value,
+pub struct Sse {
+    pub event: String,
+    pub data: Value,
 }
 
 /// Reads a stream's events as they come.
-struct SseReader {
+pub struct SseReader {
     body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buffer: String,
 }
@@ -39,7 +39,7 @@ impl SseReader {
     }
 
     /// The next event (keep-alive comments skipped), or `None` when the stream ended.
-    async fn next(&mut self) -> Option<Sse> {
+    pub async fn next(&mut self) -> Option<Sse> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -78,7 +78,7 @@ impl SseReader {
     }
 }
 
-async fn stream(app: &TestApp, path: &str) -> SseReader {
+pub async fn stream(app: &TestApp, path: &str) -> SseReader {
     SseReader::new(app.get(path).await)
 }
 

@@ -209,6 +209,7 @@ async fn after_offline_returns_the_drained_backend_gets_no_new_request_and_onlin
 async fn drain_until_idle_waits_for_a_long_request_to_finish_before_acknowledging() {
     let stage = stage().await;
     let app = TestApp::spawn(config(&stage, "wait_idle = true\nidle_poll = \"20ms\"")).await;
+    let mut events = crate::events::stream(&app, "/api/v1/events").await;
     let slow_url = format!("http://{}/slow", stage.haproxy.frontend("pinned"));
     let slow = tokio::spawn(async move {
         reqwest::Client::builder()
@@ -254,6 +255,33 @@ async fn drain_until_idle_waits_for_a_long_request_to_finish_before_acknowledgin
         slow.await.unwrap().unwrap(),
         200,
         "draining let the request in flight finish"
+    );
+
+    // The stream showed the wait for idle while it ran, then the answer, then the settle.
+    let mut kinds = Vec::new();
+    let mut waited_in_stream = false;
+    while let Some(event) = events.next().await {
+        if event.event == "progress" && event.data["node"]["haproxy"]["idle"]["reached"] == false {
+            waited_in_stream = true;
+        }
+        kinds.push(event.event.clone());
+        if event.event == "settled" {
+            break;
+        }
+    }
+    assert!(waited_in_stream, "{kinds:?}");
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("started"),
+        "{kinds:?}"
+    );
+    let answered = kinds
+        .iter()
+        .position(|k| k == "node")
+        .expect("a node event");
+    assert!(
+        kinds[..answered].iter().all(|k| k != "settled"),
+        "{kinds:?}"
     );
 }
 
