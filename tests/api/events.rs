@@ -266,3 +266,19 @@ async fn the_streams_are_behind_the_caller_check_and_refuse_bad_input() {
     let response = get("/api/v1/events").await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// A console left open on the stream of everything does not hold a restart: the stream ends
+/// when the service stops, and the stop is clean.
+#[tokio::test]
+async fn an_open_stream_ends_when_the_service_stops_and_holds_no_stop_back() {
+    let eureka = EurekaDouble::with_order_service().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let mut app = TestApp::spawn_process(config(&eureka, vec![node.address()])).await;
+    let mut everything = stream(&app, "/api/v1/events").await;
+    app.terminate();
+    assert!(everything.next().await.is_none(), "the stream ended");
+    assert!(app.exited().await.success());
+    let logs = app.logs().join("\n");
+    assert!(!logs.contains("requests still open"), "{logs}");
+    assert!(logs.contains("synchspeed stopped"), "{logs}");
+}
