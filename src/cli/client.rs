@@ -65,6 +65,18 @@ impl Client {
         })
     }
 
+    /// A call that never reached synchspeed (refused, cut, timed out).
+    fn unreachable(&self, error: &reqwest::Error) -> Failure {
+        Failure::new(
+            Exit::Error,
+            format!(
+                "cannot reach synchspeed at {}: {}",
+                self.server,
+                error_chain(error)
+            ),
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }
@@ -104,16 +116,7 @@ impl Client {
             )
             .when(|e: &reqwest::Error| e.is_connect())
             .await
-            .map_err(|e| {
-                Failure::new(
-                    Exit::Error,
-                    format!(
-                        "cannot reach synchspeed at {}: {}",
-                        self.server,
-                        error_chain(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| {
             Failure::new(
@@ -156,16 +159,7 @@ impl Client {
             .header("Accept", "text/event-stream")
             .send()
             .await
-            .map_err(|e| {
-                Failure::new(
-                    Exit::Error,
-                    format!(
-                        "cannot reach synchspeed at {}: {}",
-                        self.server,
-                        error_chain(&e)
-                    ),
-                )
-            })?;
+            .map_err(|e| self.unreachable(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }

@@ -142,12 +142,7 @@ impl Display {
                 for line in instance_lines(operation) {
                     println!("  {line}");
                 }
-                for (slot, node) in operation["gateways"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
+                for (slot, node) in nodes_of(operation) {
                     print_changed(printed, slot, node);
                 }
             }
@@ -170,6 +165,15 @@ impl Display {
             terminal.finish(operation);
         }
     }
+}
+
+/// An operation's nodes with their slots (the `slot` of its node events).
+pub fn nodes_of(operation: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    operation["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
 }
 
 /// A node's line, unless it is pending or what was printed last for it.
@@ -245,12 +249,7 @@ impl Terminal {
     }
 
     fn finish(&mut self, operation: &Value) {
-        for (slot, node) in operation["gateways"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
+        for (slot, node) in nodes_of(operation) {
             self.node(slot, node);
         }
         for bar in self.nodes.values() {

@@ -106,12 +106,7 @@ impl Display {
         if event == "snapshot" {
             self.operation(operation);
         } else {
-            for (slot, node) in operation["gateways"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (slot, node) in super::display::nodes_of(operation) {
                 self.node(slot, node);
             }
         }
