@@ -359,14 +359,7 @@ async fn on_a_terminal_each_node_gets_a_live_line_and_the_final_screen_says_the_
 #[tokio::test]
 async fn a_refusal_as_it_stands_and_a_busy_service_have_their_own_codes() {
     let gated = GatewayNode::start(Behaviour::Gated).await;
-    let eureka = EurekaDouble::with_order_service().await;
-    eureka.register(
-        "PAYMENT-SERVICE",
-        "10.0.0.7:payment-service:8080",
-        "10.0.0.7",
-        8080,
-        "UP",
-    );
+    let eureka = EurekaDouble::with_order_and_payment().await;
     let app = TestApp::spawn(
         TestConfig::eureka(&[eureka.url()])
             .route("ORDER-SERVICE", &["GATEWAY-PUBLIC"])

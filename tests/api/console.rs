@@ -34,14 +34,7 @@ async fn an_operator_sees_holds_and_fan_outs_live_and_brings_an_instance_online(
     let Some(playwright) = playwright() else {
         return;
     };
-    let eureka = EurekaDouble::with_order_service().await;
-    eureka.register(
-        "PAYMENT-SERVICE",
-        "10.0.0.7:payment-service:8080",
-        "10.0.0.7",
-        8080,
-        "UP",
-    );
+    let eureka = EurekaDouble::with_order_and_payment().await;
     let quick = GatewayNode::start(Behaviour::Ack).await;
     // Slow enough for the page to show it pending, within the node timeout set below.
     let slow = GatewayNode::start(Behaviour::Slow(2500)).await;

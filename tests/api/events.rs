@@ -148,14 +148,7 @@ async fn an_operation_s_stream_shows_each_node_as_it_answers_and_ends_at_the_set
 
 #[tokio::test]
 async fn the_stream_of_everything_follows_every_operation_and_filters_by_ip_and_app() {
-    let eureka = EurekaDouble::with_order_service().await;
-    eureka.register(
-        "PAYMENT-SERVICE",
-        "10.0.0.7:payment-service:8080",
-        "10.0.0.7",
-        8080,
-        "UP",
-    );
+    let eureka = EurekaDouble::with_order_and_payment().await;
     let node = GatewayNode::start(Behaviour::Ack).await;
     let app = TestApp::spawn(
         config(&eureka, vec![node.address()]).route("PAYMENT-SERVICE", &["GATEWAY-PUBLIC"]),

@@ -285,6 +285,20 @@ impl EurekaDouble {
         double
     }
 
+    /// ORDER-SERVICE on 10.0.0.5:8080 and PAYMENT-SERVICE on 10.0.0.7:8080, both UP: two apps
+    /// on two IPs, for filters and for operations side by side.
+    pub async fn with_order_and_payment() -> Self {
+        let double = Self::with_order_service().await;
+        double.register(
+            "PAYMENT-SERVICE",
+            "10.0.0.7:payment-service:8080",
+            "10.0.0.7",
+            8080,
+            "UP",
+        );
+        double
+    }
+
     /// The base URL to configure in synchspeed.
     pub fn url(&self) -> String {
         format!("http://{}{}", self.addr, self.base)
