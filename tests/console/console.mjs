@@ -71,7 +71,11 @@ try {
   await page.locator("#instance").getByText("OUT_OF_SERVICE").waitFor();
   await page.fill("#ops-ip", "10.0.0.7");
   await page.click("#ops-form button");
-  await page.locator("#ops tbody tr").first().waitFor();
+  // The filtered table replaces the unfiltered one when its answer arrives: wait for
+  // the other IP's operation to go, then count what is left.
+  await page.locator("#ops tbody tr", { hasText: "10.0.0.5" }).waitFor({ state: "detached", timeout: 10000 })
+    .catch(() => { throw new Error("the IP filter kept the operation on 10.0.0.5"); });
+  await page.locator("#ops tbody tr", { hasText: "10.0.0.7" }).first().waitFor();
   if ((await page.locator("#ops tbody tr").count()) !== 1) throw new Error("the IP filter kept other operations");
   await page.fill("#ops-ip", "");
   await page.click("#ops-form button");
