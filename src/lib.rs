@@ -16,7 +16,8 @@
 //!   IP-indexed cache.
 //! * `groups`: which gateway groups route to an app.
 //! * `gateway`: a group's nodes, the `Notifier` trait (webhook, HAProxy), the bounded fan-out.
-//! * `store`: the operations journal and the desired state (SQLite).
+//! * `store`: the operations journal and the desired state (SQLite, PostgreSQL).
+//! * `cluster`: several replicas over PostgreSQL: the leader's lease, fencing, the relay.
 //! * `domain`: plain types with no I/O: instances, operations, the caller policy.
 //! * [`cli`]: the client commands of the same binary (offline, online, batch, status, holds,
 //!   ops, watch), over the public API only.
@@ -27,6 +28,7 @@
 //! compiler sees the whole crate.
 
 pub mod cli;
+mod cluster;
 pub mod config;
 mod diagnostics;
 mod domain;

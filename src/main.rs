@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use synchspeed::config::{ConfigError, Settings};
-use synchspeed::startup::{Application, StopSignals};
+use synchspeed::startup::{Application, LeadershipLost, StopSignals};
 use synchspeed::telemetry;
 
 /// Returns what a burst of connections freed to the system (Cargo.toml says why).
@@ -15,6 +15,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Bad usage (sysexits.h EX_USAGE): an argument, or a configuration, synchspeed refuses.
 const EXIT_USAGE: u8 = 64;
+/// A leader that lost its lease (sysexits.h EX_TEMPFAIL): start it again, it follows.
+const EXIT_LEADERSHIP_LOST: u8 = 75;
 
 #[derive(Parser)]
 #[command(
@@ -89,6 +91,10 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<LeadershipLost>() => {
+            eprintln!("synchspeed: {error}");
+            ExitCode::from(EXIT_LEADERSHIP_LOST)
+        }
         Err(error) => {
             tracing::error!("synchspeed failed: {error:#}");
             eprintln!("synchspeed: {error:#}");

@@ -2,7 +2,7 @@
 //! shuts down in a bounded, ordered way. Tests start the very same [`Application`] on port 0.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,7 +13,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{GatewaySettings, GroupsSettings, NotifierKind, RegistrySettings, Settings};
+use axum::Router;
+use tower::ServiceExt;
+
+use crate::cluster::Election;
+use crate::cluster::fenced::{FencedNotifier, FencedRegistry};
+use crate::cluster::lease::{Leadership, LeaseRow};
+use crate::cluster::relay::{self, RelayState};
+use crate::config::{
+    ClusterSettings, GatewaySettings, GroupsSettings, NotifierKind, RegistrySettings, Settings,
+    StoreKind, StoreSettings,
+};
 use crate::drain::{Orchestrator, Parts};
 use crate::drain::{reassert, reconcile};
 use crate::gateway::Notifier;
@@ -24,13 +34,15 @@ use crate::gateway::nodes::NodeDirectory;
 use crate::gateway::webhook::WebhookNotifier;
 use crate::groups::{Combined, GroupSource, SqlGroups, StaticGroups};
 use crate::http::server::Listener;
-use crate::http::{AppState, BodyLimits, router};
+use crate::http::{AppState, BodyLimits, ClusterRole, router};
 use crate::registry::Registry;
 use crate::registry::eureka::EurekaRegistry;
 use crate::registry::file::FileRegistry;
 use crate::registry::zookeeper::ZookeeperRegistry;
 use crate::store::Store;
+use crate::store::postgres::{PgPoolSettings, PgStore};
 use crate::store::sqlite::SqliteStore;
+use crate::sync::{read, write};
 use crate::telemetry::Metrics;
 
 /// How long after `server.shutdown_grace` the last answers have to reach their callers.
@@ -42,10 +54,61 @@ pub struct Application {
     /// Cancelled to stop: the listener stops accepting and background loops return.
     shutdown: CancellationToken,
     background: TaskTracker,
-    orchestrator: Arc<Orchestrator>,
-    store: SqliteStore,
+    /// Set once this replica leads: at once on SQLite, when it takes the lease on PostgreSQL.
+    leading: Arc<OnceLock<Arc<Orchestrator>>>,
+    /// Cancelled when the lease was lost: the process must stop at once.
+    lost: CancellationToken,
+    store: Stores,
     grace: Duration,
 }
+
+/// The store, by kind, for what only one kind has (checkpoints, closing).
+#[derive(Clone)]
+enum Stores {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl Stores {
+    async fn open(settings: &StoreSettings) -> anyhow::Result<Self> {
+        let url = settings.url.expose();
+        let opened = match settings.kind {
+            StoreKind::Sqlite => SqliteStore::connect(url).await.map(Stores::Sqlite),
+            StoreKind::Postgres => PgStore::connect(
+                url,
+                PgPoolSettings {
+                    max_connections: settings.pool_size,
+                    connect_timeout: settings.connect_timeout,
+                    statement_timeout: settings.statement_timeout,
+                },
+            )
+            .await
+            .map(Stores::Postgres),
+        };
+        opened.with_context(|| format!("opening the store {}", settings.url))
+    }
+
+    /// The store of a replica that does not lead (it only reads and probes).
+    fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            Stores::Sqlite(store) => Arc::new(store.clone()),
+            Stores::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Stores::Sqlite(store) => store.close().await,
+            Stores::Postgres(store) => store.close().await,
+        }
+    }
+}
+
+/// The leader stopped leading: the process stops at once, without the grace (the replica
+/// that took over owns every unfinished operation now). `main` exits with 75.
+#[derive(Debug, thiserror::Error)]
+#[error("leadership lost (the log says why); the replica that takes over carries on")]
+pub struct LeadershipLost;
 
 /// The registries' HTTP client: keep-alive pools shared by every registry call (notifications
 /// have their own, `gateway::webhook`). Redirects are not followed: Eureka's 307 means "try
@@ -64,14 +127,146 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
+/// What a leader is built from, whenever it starts leading.
+struct LeaderParts {
+    settings: Settings,
+    registry: Arc<dyn Registry>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    background: TaskTracker,
+    /// With several replicas: the lease (fencing the registry and the gateways), the relay
+    /// secret, and this replica's name.
+    cluster: Option<(Arc<Leadership>, Arc<str>, String)>,
+}
+
+/// Builds the orchestrator over the store's state and starts the leader's background work:
+/// resuming what is unfinished, the reconciler, re-assertion, the journal's retention.
+async fn lead(parts: LeaderParts) -> anyhow::Result<(Arc<Orchestrator>, Router)> {
+    let LeaderParts {
+        settings,
+        registry,
+        store,
+        metrics,
+        shutdown,
+        background,
+        cluster,
+    } = parts;
+    let mut notifier = notifier(&settings.gateway);
+    let mut writes_to: Arc<dyn Registry> = Arc::clone(&registry);
+    if let Some((leadership, ..)) = &cluster {
+        notifier = Arc::new(FencedNotifier {
+            inner: notifier,
+            leadership: Arc::clone(leadership),
+        });
+        writes_to = Arc::new(FencedRegistry {
+            inner: Arc::clone(&registry),
+            leadership: Arc::clone(leadership),
+        });
+    }
+    let orchestrator = Arc::new(
+        Orchestrator::open(Parts {
+            registry: Arc::clone(&writes_to),
+            groups: group_source(&settings.groups, &metrics).await?,
+            nodes: NodeDirectory::new(
+                settings.gateway.nodes.clone(),
+                Arc::clone(&registry),
+                settings.gateway.port_metadata_key.clone(),
+            ),
+            fanout: FanOut::new(notifier, settings.gateway.concurrency),
+            store: Arc::clone(&store),
+            metrics: Arc::clone(&metrics),
+            settings: settings.drain.clone(),
+            replica: cluster.as_ref().map(|(.., replica)| replica.clone()),
+        })
+        .await
+        .context("loading the desired state")?,
+    );
+    // Operations a previous run (or a leader that died) left unfinished are carried to the
+    // end in the background: those past the registry step notify at once, the others wait
+    // for the registry.
+    background.spawn({
+        let orchestrator = Arc::clone(&orchestrator);
+        let token = shutdown.clone();
+        async move {
+            match orchestrator.resume_unfinished(&token).await {
+                Ok(0) => {}
+                Ok(resumed) => info!(resumed, "operations left unfinished resumed"),
+                Err(e) => error!("cannot read the operations left unfinished: {e}"),
+            }
+        }
+    });
+    background.spawn({
+        let orchestrator = Arc::clone(&orchestrator);
+        let token = shutdown.clone();
+        async move { orchestrator.refresh_groups(token).await }
+    });
+    background.spawn(reconcile::reconcile_forever(
+        Arc::clone(&orchestrator),
+        shutdown.clone(),
+    ));
+    background.spawn(prune_journal(
+        Arc::clone(&store),
+        settings.drain.idempotency_ttl,
+        settings.store.clone(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    if let Some(changes) = registry.changes() {
+        background.spawn(reassert::keep_held_offline(
+            Arc::clone(&orchestrator),
+            changes,
+            shutdown.clone(),
+        ));
+    }
+    let app = router(AppState {
+        orchestrator: Arc::clone(&orchestrator),
+        security: Arc::new(settings.security.clone()),
+        metrics,
+        body_limits: BodyLimits {
+            bytes: settings.server.body_limit,
+            time: settings.server.body_read_timeout,
+        },
+        cluster: cluster.map(|(leadership, secret, replica)| ClusterRole {
+            leadership,
+            relay_secret: secret,
+            replica: replica.into(),
+        }),
+    });
+    Ok((orchestrator, app))
+}
+
+/// This replica's name and the URL the others relay to, from `[cluster]` or the listener.
+fn identity(settings: &ClusterSettings, bound: SocketAddr) -> anyhow::Result<(String, String)> {
+    let advertise = match &settings.advertise {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None if bound.ip().is_unspecified() => anyhow::bail!(
+            "cluster.advertise must be set when listening on {bound}: the other replicas \
+             need an address to relay calls to (for example http://$POD_IP:{})",
+            bound.port()
+        ),
+        None => format!("http://{bound}"),
+    };
+    let replica = match &settings.replica {
+        Some(name) => name.clone(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .ok()
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "synchspeed".to_owned());
+            format!("{host}:{}", bound.port())
+        }
+    };
+    Ok((replica, advertise))
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let http = http_client()?;
-        let sqlite = SqliteStore::connect(settings.store.url.expose())
-            .await
-            .with_context(|| format!("opening the store {}", settings.store.url))?;
-        let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+        let stores = Stores::open(&settings.store).await?;
+        let store = stores.shared();
         let registry: Arc<dyn Registry> = match &settings.registry {
             RegistrySettings::Eureka(eureka) => Arc::new(EurekaRegistry::new(
                 eureka,
@@ -85,97 +280,87 @@ impl Application {
                     .context("loading the file registry")?,
             ),
         };
-        let notifier = notifier(&settings.gateway);
-        let orchestrator = Arc::new(
-            Orchestrator::open(Parts {
-                registry: Arc::clone(&registry),
-                groups: group_source(&settings.groups, &metrics).await?,
-                nodes: NodeDirectory::new(
-                    settings.gateway.nodes.clone(),
-                    Arc::clone(&registry),
-                    settings.gateway.port_metadata_key.clone(),
-                ),
-                fanout: FanOut::new(notifier, settings.gateway.concurrency),
-                store: Arc::clone(&store),
-                metrics: Arc::clone(&metrics),
-                settings: settings.drain.clone(),
-            })
-            .await
-            .context("loading the desired state")?,
-        );
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let local_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let background = TaskTracker::new();
+        let lost = CancellationToken::new();
+        let leading = Arc::new(OnceLock::new());
+        // Every replica keeps the registry's copy fresh: one that takes over has it warm.
         background.spawn({
             let registry = Arc::clone(&registry);
             let token = shutdown.clone();
             async move { registry.run(token).await }
         });
-        // Operations a previous run left unfinished are carried to the end in the background:
-        // those past the registry step notify at once, the others wait for the registry.
-        background.spawn({
-            let orchestrator = Arc::clone(&orchestrator);
-            let token = shutdown.clone();
-            async move {
-                match orchestrator.resume_unfinished(&token).await {
-                    Ok(0) => {}
-                    Ok(resumed) => info!(
-                        resumed,
-                        "operations left unfinished by a previous run resumed"
-                    ),
-                    Err(e) => error!("cannot read the operations left unfinished: {e}"),
-                }
-            }
-        });
-        background.spawn({
-            let orchestrator = Arc::clone(&orchestrator);
-            let token = shutdown.clone();
-            async move { orchestrator.refresh_groups(token).await }
-        });
-        background.spawn(reconcile::reconcile_forever(
-            Arc::clone(&orchestrator),
-            shutdown.clone(),
-        ));
-        background.spawn(prune_journal(
-            Arc::clone(&store),
-            settings.drain.idempotency_ttl,
-            settings.store.clone(),
-            Arc::clone(&metrics),
-            shutdown.clone(),
-        ));
-        if let Some(changes) = registry.changes() {
-            background.spawn(reassert::keep_held_offline(
-                Arc::clone(&orchestrator),
-                changes,
-                shutdown.clone(),
-            ));
-        }
-        background.spawn({
-            let store = sqlite.clone();
-            let token = shutdown.clone();
-            let (wal_max, metrics) = (settings.store.wal_max_bytes, Arc::clone(&metrics));
-            async move {
-                store
-                    .run_checkpoints(Duration::from_secs(1), wal_max, metrics, token)
-                    .await
-            }
-        });
-        let app = router(AppState {
-            orchestrator: Arc::clone(&orchestrator),
-            security: Arc::new(settings.security.clone()),
+        let parts = |store: Arc<dyn Store>, cluster| LeaderParts {
+            settings: settings.clone(),
+            registry: Arc::clone(&registry),
+            store,
             metrics: Arc::clone(&metrics),
-            body_limits: BodyLimits {
-                bytes: settings.server.body_limit,
-                time: settings.server.body_read_timeout,
-            },
-        });
+            shutdown: shutdown.clone(),
+            background: background.clone(),
+            cluster,
+        };
+        let switch = RouterSwitch::default();
+        let role = match &stores {
+            Stores::Sqlite(sqlite) => {
+                background.spawn({
+                    let store = sqlite.clone();
+                    let token = shutdown.clone();
+                    let (wal_max, metrics) = (settings.store.wal_max_bytes, Arc::clone(&metrics));
+                    async move {
+                        store
+                            .run_checkpoints(Duration::from_secs(1), wal_max, metrics, token)
+                            .await
+                    }
+                });
+                let (orchestrator, app) = lead(parts(store, None)).await?;
+                let _ = leading.set(orchestrator);
+                switch.set(app);
+                "single"
+            }
+            Stores::Postgres(pg) => {
+                let (replica, advertise) = identity(&settings.cluster, local_addr)?;
+                let row = LeaseRow::new(
+                    pg.pool().clone(),
+                    replica.clone(),
+                    advertise,
+                    settings.cluster.lease,
+                );
+                let secret: Arc<str> = row
+                    .relay_secret()
+                    .await
+                    .context("reading the relay secret from the store")?
+                    .into();
+                let election = Arc::new(Election::new(row, replica.clone(), Arc::clone(&metrics)));
+                switch.set(relay::router(RelayState {
+                    client: relay::relay_client().context("building the relay client")?,
+                    leader: election.leader(),
+                    secret: Arc::clone(&secret),
+                    policy: settings.security.policy.clone(),
+                    store: pg.clone(),
+                    metrics: Arc::clone(&metrics),
+                    replica: replica.as_str().into(),
+                }));
+                background.spawn(campaign(Campaign {
+                    election,
+                    pg: pg.clone(),
+                    secret,
+                    replica,
+                    parts: parts(store, None),
+                    switch: switch.clone(),
+                    leading: Arc::clone(&leading),
+                    lost: lost.clone(),
+                }));
+                "follower until it takes the lease"
+            }
+        };
         let server = tokio::spawn(
             Listener {
                 listener,
-                router: app,
+                router: switch.router(),
                 policy: settings.security.policy.clone(),
                 header_read_timeout: settings.server.header_read_timeout,
                 max_connections: settings.server.max_connections,
@@ -189,6 +374,7 @@ impl Application {
             listen = %local_addr,
             registry = registry.kind(),
             store = %settings.store.url,
+            role,
             "synchspeed serving"
         );
         Ok(Self {
@@ -196,8 +382,9 @@ impl Application {
             server,
             shutdown,
             background,
-            orchestrator,
-            store: sqlite,
+            leading,
+            lost,
+            store: stores,
             grace: settings.server.shutdown_grace,
         })
     }
@@ -206,24 +393,36 @@ impl Application {
         self.local_addr
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then stops.
+    /// Serves until SIGTERM or Ctrl-C, then stops; or until the lease is lost, then fails at
+    /// once with [`LeadershipLost`].
     pub async fn run_until_stopped(self, mut signals: StopSignals) -> anyhow::Result<()> {
-        signals.received().await;
-        info!("stop signal received");
-        self.stop().await
+        tokio::select! {
+            () = signals.received() => {
+                info!("stop signal received");
+                self.stop().await
+            }
+            () = self.lost.cancelled() => {
+                self.shutdown.cancel();
+                Err(LeadershipLost.into())
+            }
+        }
     }
 
     /// Stops accepting, lets in-flight requests and fan-outs finish within the grace period,
-    /// stops the background loops, closes the store.
+    /// stops the background loops (a leader then gives its lease up), closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         // Callers still waiting when the grace ends are answered then (503, the operation):
         // their answers get this long to be written before the connections are cut.
         let deadline = tokio::time::Instant::now() + self.grace + ANSWERS_FLUSH;
-        let (drained, served) = tokio::join!(
-            self.orchestrator.shutdown(self.grace),
-            tokio::time::timeout_at(deadline, self.server)
-        );
+        let drained = async {
+            match self.leading.get() {
+                Some(orchestrator) => orchestrator.shutdown(self.grace).await,
+                None => true,
+            }
+        };
+        let (drained, served) =
+            tokio::join!(drained, tokio::time::timeout_at(deadline, self.server));
         if !drained {
             warn!("stopping with fan-outs unfinished; journaled, they resume on the next start");
         }
@@ -238,6 +437,86 @@ impl Application {
         self.store.close().await;
         info!("synchspeed stopped");
         Ok(())
+    }
+}
+
+/// The router the listener serves, replaced when this replica starts leading.
+#[derive(Clone, Default)]
+struct RouterSwitch(Arc<RwLock<Router>>);
+
+impl RouterSwitch {
+    fn set(&self, router: Router) {
+        *write(&self.0) = router;
+    }
+
+    /// Serves each request with the router set at the time.
+    fn router(&self) -> Router {
+        let current = Arc::clone(&self.0);
+        Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
+            let router = read(&current).clone();
+            async move { router.oneshot(request).await }
+        }))
+    }
+}
+
+/// A replica's life on PostgreSQL: follow, take the lease, lead until it is lost or the
+/// service stops.
+struct Campaign {
+    election: Arc<Election>,
+    pg: PgStore,
+    secret: Arc<str>,
+    replica: String,
+    parts: LeaderParts,
+    switch: RouterSwitch,
+    leading: Arc<OnceLock<Arc<Orchestrator>>>,
+    lost: CancellationToken,
+}
+
+async fn campaign(campaign: Campaign) {
+    let Campaign {
+        election,
+        pg,
+        secret,
+        replica,
+        mut parts,
+        switch,
+        leading,
+        lost,
+    } = campaign;
+    let shutdown = parts.shutdown.clone();
+    let Some(leadership) = election.until_leading(&shutdown).await else {
+        return;
+    };
+    parts.store = Arc::new(pg.fenced(leadership.epoch));
+    parts.cluster = Some((Arc::clone(&leadership), secret, replica));
+    // The lease is renewed from now on, also while the state is rebuilt.
+    let keeper = {
+        let (election, leadership, shutdown) = (
+            Arc::clone(&election),
+            Arc::clone(&leadership),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move { election.keep(&leadership, &shutdown).await })
+    };
+    match lead(parts).await {
+        Ok((orchestrator, app)) => {
+            let _ = leading.set(orchestrator);
+            switch.set(app);
+        }
+        Err(e) => {
+            error!("cannot lead: {e:#}");
+            lost.cancel();
+            return;
+        }
+    }
+    match keeper.await {
+        // Logged by the election already.
+        Ok(Some(_)) => lost.cancel(),
+        Ok(None) => {}
+        Err(e) => {
+            error!("the lease keeper failed: {e}");
+            lost.cancel();
+        }
     }
 }
 

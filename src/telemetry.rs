@@ -82,6 +82,16 @@ pub struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub why: &'static str,
 }
@@ -166,6 +176,12 @@ pub struct Metrics {
     pub groups_refresh_errors: Counter,
     /// Connections turned away when accepted, by why (`forbidden`, `busy`).
     pub connections_refused: Family<RefusedLabels, Counter>,
+    /// Whether this replica leads (1) or relays to the one that does (0); always 1 on SQLite.
+    pub cluster_leader: Family<ReplicaLabels, Gauge>,
+    /// The leader's lease epoch as this replica last read it (grows at every takeover).
+    pub cluster_epoch: Gauge,
+    /// Calls a follower relayed to the leader, by status (0: the leader was not reached).
+    pub cluster_relayed: Family<RelayLabels, Counter>,
     /// One histogram per [`Step`], in `Step::ALL` order, taken out of their family once.
     step_seconds: [Histogram; Step::ALL.len()],
 }
@@ -273,6 +289,24 @@ impl Metrics {
             "Connections turned away when accepted, before a byte was read, by why (forbidden: no caller, proxy or prober; busy: server.max_connections open)",
             connections_refused.clone(),
         );
+        let cluster_leader = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "cluster_leader",
+            "1 when this replica leads (journal, registry, gateways, reconciler), 0 when it relays to the leader",
+            cluster_leader.clone(),
+        );
+        let cluster_epoch = Gauge::default();
+        registry.register(
+            "cluster_epoch",
+            "The leader's lease epoch as this replica last read it; it grows at every takeover",
+            cluster_epoch.clone(),
+        );
+        let cluster_relayed = Family::<RelayLabels, Counter>::default();
+        registry.register(
+            "cluster_relayed",
+            "Calls this replica relayed to the leader, by the leader's status (0: not reached)",
+            cluster_relayed.clone(),
+        );
         // 50 us to ~100 s: planning is microseconds, a gateway node that needs every retry
         // takes seconds.
         let steps = Family::<StepLabels, Histogram>::new_with_constructor(|| {
@@ -298,6 +332,9 @@ impl Metrics {
             operations_pruned,
             connections_open,
             connections_refused,
+            cluster_leader,
+            cluster_epoch,
+            cluster_relayed,
             groups_mapping_age_seconds,
             groups_refresh_errors,
             http_requests,

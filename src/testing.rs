@@ -334,6 +334,7 @@ pub(crate) async fn orchestrator_on(
         store: Arc::clone(store),
         metrics: Arc::new(Metrics::new()),
         settings: settings.drain,
+        replica: None,
     })
     .await
     .unwrap()
@@ -394,5 +395,6 @@ pub(crate) fn operation_on(at: &str) -> crate::domain::Operation {
         created_at: chrono::Utc::now(),
         registry_updated_at: None,
         completed_at: None,
+        replica: None,
     }
 }

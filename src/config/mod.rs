@@ -7,6 +7,7 @@
 //! Each section's raw shape (as written in TOML), its typed settings and its validation live
 //! together in a module of their own; this one loads, merges and reports.
 
+mod cluster;
 mod drain;
 mod gateway;
 mod groups;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::AppName;
 
+pub use cluster::ClusterSettings;
 pub use drain::DrainSettings;
 pub use gateway::{GatewaySettings, HaproxyOfflineState, HaproxySettings, NotifierKind};
 pub use groups::{GroupsSettings, SqlDialect, SqlGroupsSettings};
@@ -32,7 +34,7 @@ pub use registry::{
 };
 pub use security::{BrowserPolicy, SecuritySettings};
 pub use server::{LogFormat, LogSettings, ServerSettings};
-pub use store::StoreSettings;
+pub use store::{StoreKind, StoreSettings};
 
 /// Every default, documented key by key: always the bottom layer.
 pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
@@ -82,6 +84,7 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub drain: DrainSettings,
     pub store: StoreSettings,
+    pub cluster: ClusterSettings,
 }
 
 /// The merged layers, as written in TOML: every key present (the defaults see to it).
@@ -96,6 +99,7 @@ struct Raw {
     gateway: gateway::RawGateway,
     drain: drain::RawDrain,
     store: store::RawStore,
+    cluster: cluster::RawCluster,
 }
 
 /// The file the operator named, or the demo.
@@ -168,6 +172,7 @@ impl Raw {
             gateway: self.gateway.validate()?,
             drain: self.drain.validate()?,
             store: self.store.validate()?,
+            cluster: self.cluster.validate()?,
         })
     }
 }

@@ -334,6 +334,11 @@ pub struct Operation {
     #[serde(with = "millis::option", default)]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub completed_at: Option<DateTime<Utc>>,
+    /// The replica that ran it (`cluster.replica`), on a PostgreSQL store; the one that
+    /// carried it on when its first replica stopped (a warning says which that was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "synchspeed-0")]
+    pub replica: Option<String>,
 }
 
 impl Operation {
@@ -455,6 +460,7 @@ mod tests {
             created_at: Utc::now(),
             registry_updated_at: None,
             completed_at: None,
+            replica: None,
         }
     }
 

@@ -25,7 +25,7 @@ impl Orchestrator {
         if request.dry_run {
             let plan = self.plan(&request.targets).await?;
             let guard = self.guard(&request, &plan).await?;
-            let mut operation = new_operation(&request, &plan);
+            let mut operation = new_operation(&request, &plan, self.replica.as_deref());
             operation.state = OperationState::Planned;
             // What the guard would say, as a warning: a dry run refuses nothing.
             operation
@@ -78,7 +78,7 @@ impl Orchestrator {
         if !guard.is_empty() && !request.force {
             return Err(DrainError::MinUp(guard.join("; ")));
         }
-        let mut operation = new_operation(&request, &plan);
+        let mut operation = new_operation(&request, &plan, self.replica.as_deref());
         operation.warnings.extend(
             guard
                 .into_iter()
@@ -161,7 +161,7 @@ impl Orchestrator {
 }
 
 /// The operation record for a plan, before anything happened.
-fn new_operation(request: &DrainRequest, plan: &Plan) -> Operation {
+fn new_operation(request: &DrainRequest, plan: &Plan, replica: Option<&str>) -> Operation {
     let target = request.targets.first().cloned().unwrap_or(Target {
         ip: std::net::IpAddr::from([0, 0, 0, 0]),
         port: None,
@@ -201,6 +201,7 @@ fn new_operation(request: &DrainRequest, plan: &Plan) -> Operation {
         created_at: Utc::now(),
         registry_updated_at: None,
         completed_at: None,
+        replica: replica.map(str::to_owned),
     }
 }
 

@@ -69,6 +69,7 @@ pub struct Orchestrator {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     settings: DrainSettings,
+    replica: Option<String>,
     live: Arc<LiveOperations>,
     /// `drain.max_in_flight`: one permit per operation from journal to settled.
     in_flight: Arc<Semaphore>,
@@ -113,6 +114,8 @@ pub struct Parts {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub settings: DrainSettings,
+    /// This replica's name, recorded on its operations (PostgreSQL stores only).
+    pub replica: Option<String>,
 }
 
 /// Why the service cannot take operations now (`/readyz`).
@@ -154,6 +157,7 @@ impl Orchestrator {
             store: parts.store,
             metrics: parts.metrics,
             settings: parts.settings,
+            replica: parts.replica,
             live: Arc::default(),
             tasks: TaskTracker::new(),
             holds,

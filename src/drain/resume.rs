@@ -39,6 +39,18 @@ impl Orchestrator {
 
     async fn resume(&self, mut operation: Operation, shutdown: &CancellationToken) {
         let plan = plan_of(&operation);
+        if operation.replica != self.replica
+            && let Some(replica) = &self.replica
+        {
+            let before = operation
+                .replica
+                .as_deref()
+                .unwrap_or("a replica without a name");
+            operation.warnings.push(format!(
+                "carried on by replica {replica} after {before} stopped before it settled"
+            ));
+            operation.replica = Some(replica.clone());
+        }
         let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
             return;
         };

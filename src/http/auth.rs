@@ -1,7 +1,7 @@
 //! Who is calling: the caller policy (CIDR allow/deny, trusted proxies) against the TCP peer,
 //! then the bearer token. The decided [`Caller`] goes into the request for the audit trail.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
@@ -11,6 +11,7 @@ use axum::response::Response;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::cluster::relay;
 use crate::domain::Caller;
 
 pub async fn authorize(
@@ -24,8 +25,43 @@ pub async fn authorize(
     Ok(next.run(request).await)
 }
 
+/// The caller a follower relayed this call for, when it proves it is one of this
+/// deployment's replicas; `None` for every other call (the header alone proves nothing).
+fn relayed_for(state: &AppState, headers: &HeaderMap) -> Option<IpAddr> {
+    use subtle::ConstantTimeEq;
+    let role = state.cluster.as_ref()?;
+    let secret = headers.get(relay::SECRET)?.as_bytes();
+    if !bool::from(secret.ct_eq(role.relay_secret.as_bytes())) {
+        tracing::warn!("a call named a relay secret that is not this deployment's");
+        return None;
+    }
+    headers.get(relay::CALLER)?.to_str().ok()?.parse().ok()
+}
+
 fn identify(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let security = &state.security;
+    let addr = match relayed_for(state, headers) {
+        // The follower judged the caller's address where its connection arrived.
+        Some(addr) => addr,
+        None => forwarded_client(state, peer, headers)?,
+    };
+    security.policy.check(addr).map_err(|denied| {
+        // The range that denied it is the operators' business: the log has it, the caller
+        // is told its own address only.
+        tracing::warn!(caller = %addr, peer = %peer.ip(), "caller refused: {denied}");
+        ApiError::Forbidden(format!(
+            "caller {addr} may not call synchspeed; ask its operators to allow it"
+        ))
+    })?;
+    authenticate(state, addr, headers)
+}
+
+/// The TCP peer, or the client a trusted proxy forwarded for.
+fn forwarded_client(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<IpAddr, ApiError> {
     let mut forwarded = Vec::new();
     for value in headers.get_all("x-forwarded-for") {
         forwarded.push(value.to_str().map_err(|_| {
@@ -35,18 +71,16 @@ fn identify(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<C
             )
         })?);
     }
-    let addr = security
+    state
+        .security
         .policy
         .client_addr(peer.ip(), &forwarded)
-        .map_err(|e| ApiError::bad_request("bad_forwarded_for", e.to_string()))?;
-    security.policy.check(addr).map_err(|denied| {
-        // The range that denied it is the operators' business: the log has it, the caller
-        // is told its own address only.
-        tracing::warn!(caller = %addr, peer = %peer.ip(), "caller refused: {denied}");
-        ApiError::Forbidden(format!(
-            "caller {addr} may not call synchspeed; ask its operators to allow it"
-        ))
-    })?;
+        .map_err(|e| ApiError::bad_request("bad_forwarded_for", e.to_string()))
+}
+
+/// The bearer token, when tokens are configured.
+fn authenticate(state: &AppState, addr: IpAddr, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let security = &state.security;
     if !security.tokens.is_required() {
         return Ok(Caller {
             addr,

@@ -184,6 +184,13 @@ impl From<StoreError> for ApiError {
                 ),
                 operation: None,
             },
+            StoreError::Fenced { .. } => ApiError::Unavailable {
+                code: "not_leader",
+                message: format!(
+                    "{error}; nothing was changed and no gateway was told: try again, the replica that leads now answers"
+                ),
+                operation: None,
+            },
         }
     }
 }

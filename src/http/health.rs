@@ -25,6 +25,16 @@ pub async fn readyz(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Response, ApiError> {
     let orchestrator = &state.orchestrator;
+    if let Some(role) = &state.cluster
+        && let Err(lapsed) = role.leadership.check()
+    {
+        tracing::warn!("not ready: {lapsed}");
+        return Err(ApiError::Unavailable {
+            code: "leadership_lapsed",
+            message: lapsed.to_string(),
+            operation: None,
+        });
+    }
     // Probes are open to everyone; why it is not ready (a file's path, a database's error)
     // is told to allowed callers only, and always logged.
     let trusted = state.security.policy.check(peer.ip()).is_ok();
@@ -48,6 +58,11 @@ pub async fn readyz(
     let mut body = json!({"status": "ready", "registry": orchestrator.registry_kind()});
     if !warnings.is_empty() {
         body["warnings"] = json!(warnings);
+    }
+    if let Some(role) = &state.cluster {
+        body["role"] = json!("leader");
+        body["replica"] = json!(&*role.replica);
+        body["epoch"] = json!(role.leadership.epoch);
     }
     Ok(ok(body))
 }

@@ -41,6 +41,17 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Bodies are read once the caller is known: nobody else makes synchspeed read one.
     pub body_limits: body::BodyLimits,
+    /// With several replicas: this one leads, under this lease.
+    pub cluster: Option<ClusterRole>,
+}
+
+/// The leader's part: what its probes say, and whom it believes a relayed caller from.
+#[derive(Clone)]
+pub struct ClusterRole {
+    pub leadership: Arc<crate::cluster::lease::Leadership>,
+    /// A follower relaying a call proves itself with it (`cluster::relay`).
+    pub relay_secret: Arc<str>,
+    pub replica: Arc<str>,
 }
 
 pub use body::BodyLimits;

@@ -38,6 +38,7 @@ fn serve(h: Harness, security: &str, peer: &str) -> Served {
             bytes: settings.server.body_limit,
             time: settings.server.body_read_timeout,
         },
+        cluster: None,
     };
     let peer: SocketAddr = peer.parse().unwrap();
     Served {

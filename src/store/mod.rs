@@ -1,8 +1,9 @@
 //! Durable state: the operations journal (the audit trail) and the desired state (holds).
 //!
-//! [`Store`] is what the rest of the service knows; SQLite is the embedded default. The trait
-//! keeps the SQL out of the orchestrator so a PostgreSQL store can serve several replicas.
+//! [`Store`] is what the rest of the service knows; SQLite is the embedded default for one
+//! replica, PostgreSQL serves several (`cluster` leads them over it).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -20,6 +21,11 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a stored record does not parse: {0}")]
     Corrupt(String),
+    /// The leader's lease was taken over: this replica may no longer write.
+    #[error(
+        "this replica's leadership (epoch {held}) was taken over (epoch {current}): it writes nothing more"
+    )]
+    Fenced { held: i64, current: i64 },
 }
 
 /// What a registry step makes synchspeed keep its word on.

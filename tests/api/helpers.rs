@@ -35,6 +35,10 @@ pub struct TestConfig {
     pub groups_source: String,
     /// Extra lines for `[store]`.
     pub store: String,
+    /// `store.url` when not the test's own SQLite file (a PostgreSQL database).
+    pub store_url: Option<String>,
+    /// Whole `[cluster]` table body.
+    pub cluster: String,
 }
 
 impl TestConfig {
@@ -52,6 +56,8 @@ impl TestConfig {
             tables: String::new(),
             groups_source: "\"static\"".into(),
             store: String::new(),
+            store_url: None,
+            cluster: String::new(),
         }
     }
 
@@ -101,6 +107,18 @@ impl TestConfig {
 
     pub fn store(mut self, lines: &str) -> Self {
         self.store = lines.into();
+        self
+    }
+
+    /// The store on a PostgreSQL database (`StoreDb::url`) instead of a SQLite file.
+    pub fn postgres(mut self, url: &str) -> Self {
+        self.store_url = Some(url.into());
+        self
+    }
+
+    /// The `[cluster]` table's lines (a short lease, a replica's name).
+    pub fn cluster(mut self, lines: &str) -> Self {
+        self.cluster = lines.into();
         self
     }
 
@@ -164,14 +182,17 @@ impl TestConfig {
         let mut toml = format!(
             "[server]\n{}\n\n[security]\n{}\n\n{}\n\
              [gateway]\n{}\n\n\
-             [drain]\n{}\n\n[store]\nurl = \"sqlite://{}\"\n{}\n\n[groups]\nsource = {}\n[groups.static]\n",
+             [drain]\n{}\n\n[store]\nurl = \"{}\"\n{}\n\n[cluster]\n{}\n\n[groups]\nsource = {}\n[groups.static]\n",
             server,
             self.security,
             registry,
             gateway,
             self.drain,
-            store.display(),
+            self.store_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", store.display())),
             self.store,
+            self.cluster,
             self.groups_source,
         );
         for (app, groups) in &self.routes {

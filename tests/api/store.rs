@@ -6,11 +6,43 @@ use serde_json::Value;
 use crate::helpers::{TestApp, TestConfig, eventually};
 use crate::support::eureka::EurekaDouble;
 use crate::support::gateway::{Behaviour, GatewayNode};
+use crate::support::store_db::StoreDb;
 
-#[tokio::test]
-async fn operations_and_holds_survive_a_restart() {
+/// A test of the store's guarantees, run on SQLite (`sqlite`) and on PostgreSQL
+/// (`postgres`, a database of its own).
+macro_rules! on_both_stores {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case(None).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(db) = crate::support::store_db::StoreDb::create().await else {
+                    return;
+                };
+                super::$case(Some(&db)).await;
+            }
+        }
+    };
+}
+
+fn on(store: Option<&StoreDb>, config: TestConfig) -> TestConfig {
+    match store {
+        Some(db) => config.postgres(&db.url()),
+        None => config,
+    }
+}
+
+on_both_stores!(operations_and_holds_survive_a_restart);
+on_both_stores!(an_operation_left_in_progress_is_resumed_on_the_next_start);
+on_both_stores!(the_file_registry_keeps_statuses_in_the_store);
+
+async fn operations_and_holds_survive_a_restart(store: Option<&StoreDb>) {
     let eureka = EurekaDouble::with_order_service().await;
-    let app = TestApp::spawn(TestConfig::eureka(&[eureka.url()])).await;
+    let app = TestApp::spawn(on(store, TestConfig::eureka(&[eureka.url()]))).await;
     let operation: Value = app
         .post("/api/v1/instances/10.0.0.5/offline?wait=true&reason=drain")
         .await
@@ -100,17 +132,17 @@ async fn a_caller_told_an_operation_settled_finds_it_listed_as_settled() {
     assert_eq!(app.operation(ids[0]).await["state"], "succeeded");
 }
 
-#[tokio::test]
-async fn an_operation_left_in_progress_is_resumed_on_the_next_start() {
+async fn an_operation_left_in_progress_is_resumed_on_the_next_start(store: Option<&StoreDb>) {
     let hanging = GatewayNode::start(Behaviour::Hang).await;
     let answering = GatewayNode::start(Behaviour::Ack).await;
     let eureka = EurekaDouble::with_order_service().await;
-    let app = TestApp::spawn(
+    let app = TestApp::spawn(on(
+        store,
         TestConfig::eureka(&[eureka.url()])
             .route("ORDER-SERVICE", &["EDGE"])
             .nodes("EDGE", vec![hanging.address(), answering.address()])
             .gateway("timeout = \"60s\"\nattempts = 1"),
-    )
+    ))
     .await;
     let response = app.post("/api/v1/instances/10.0.0.5/offline").await;
     assert_eq!(response.status(), 202);
@@ -139,8 +171,7 @@ async fn an_operation_left_in_progress_is_resumed_on_the_next_start() {
     assert_eq!(held["instances"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn the_file_registry_keeps_statuses_in_the_store() {
+async fn the_file_registry_keeps_statuses_in_the_store(store: Option<&StoreDb>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("instances.toml");
     std::fs::write(
@@ -148,7 +179,7 @@ async fn the_file_registry_keeps_statuses_in_the_store() {
         "[[instance]]\napp = \"ORDER-SERVICE\"\nip = \"10.0.0.5\"\nport = 8080\n\n[[instance]]\napp = \"ORDER-SERVICE\"\nip = \"10.0.0.6\"\nport = 8080\n",
     )
     .unwrap();
-    let app = TestApp::spawn(TestConfig::file(&path)).await;
+    let app = TestApp::spawn(on(store, TestConfig::file(&path))).await;
     assert_eq!(
         app.post("/api/v1/instances/10.0.0.5/offline?wait=true")
             .await

@@ -6,4 +6,5 @@ pub mod eureka;
 pub mod gateway;
 pub mod haproxy;
 pub mod route_db;
+pub mod store_db;
 pub mod zookeeper;

@@ -156,41 +156,44 @@ impl RouteDb {
 
 impl Drop for RouteDb {
     fn drop(&mut self) {
-        let (kind, name) = (self.kind, self.name.clone());
-        // Dropped from a test's runtime: the DROP runs on a thread of its own.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let admin = server(kind);
-                let statement = AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"));
-                match kind {
-                    Kind::MariaDb => {
-                        if let Ok(mut conn) =
-                            sqlx::MySqlConnection::connect(&format!("{admin}/mysql")).await
-                        {
-                            let _ = sqlx::raw_sql(statement).execute(&mut conn).await;
-                        }
-                    }
-                    Kind::Postgres => {
-                        if let Ok(mut conn) =
-                            sqlx::PgConnection::connect(&format!("{admin}/postgres")).await
-                        {
-                            // Connections synchspeed left open would block the DROP.
-                            let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-                            )))
-                            .execute(&mut conn)
-                            .await;
-                            let _ = sqlx::raw_sql(statement).execute(&mut conn).await;
-                        }
+        drop_database(self.kind, self.name.clone());
+    }
+}
+
+/// Drops a test's database, from a thread of its own (a test's runtime is dropping it).
+pub fn drop_database(kind: Kind, name: String) {
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let admin = server(kind);
+            let statement = AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}"));
+            match kind {
+                Kind::MariaDb => {
+                    if let Ok(mut conn) =
+                        sqlx::MySqlConnection::connect(&format!("{admin}/mysql")).await
+                    {
+                        let _ = sqlx::raw_sql(statement).execute(&mut conn).await;
                     }
                 }
-            });
+                Kind::Postgres => {
+                    if let Ok(mut conn) =
+                        sqlx::PgConnection::connect(&format!("{admin}/postgres")).await
+                    {
+                        // Connections synchspeed left open would block the DROP.
+                        let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                        let _ = sqlx::raw_sql(statement).execute(&mut conn).await;
+                    }
+                }
+            }
         });
-        let _ = dropped.join();
-    }
+    });
+    let _ = dropped.join();
 }

@@ -1,0 +1,264 @@
+//! What a replica that does not lead serves: its own probes and metrics, and every other call
+//! relayed to the leader as it came (method, path, query, headers, body, and the answer
+//! streamed back, event streams included). The caller's address is judged here, where its
+//! connection arrived, and named to the leader in [`CALLER`] with the relay secret in
+//! [`SECRET`]: the leader believes the name only with the secret, and checks the token itself.
+//! So a caller sees one service whichever replica it reached.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::TryStreamExt;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::lease::Leader;
+use crate::domain::policy::CallerPolicy;
+use crate::http::error::ApiError;
+use crate::store::Store;
+use crate::store::postgres::PgStore;
+use crate::telemetry::{Metrics, RelayLabels};
+
+/// Names the caller's address to the leader (believed only with [`SECRET`]).
+pub const CALLER: &str = "x-synchspeed-relayed-for";
+/// Proves a relayed call comes from a replica of this deployment.
+pub const SECRET: &str = "x-synchspeed-relay-secret";
+const REQUEST_ID: &str = "x-request-id";
+/// How long a follower waits for the leader's TCP handshake before saying it is unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Headers of one connection, never relayed (RFC 9110, 7.6.1), and the relay's own.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    ) || name.as_str() == CALLER
+        || name.as_str() == SECRET
+}
+
+#[derive(Clone)]
+pub struct RelayState {
+    pub client: reqwest::Client,
+    /// The leader as the election loop last read it; `None` while the store cannot be read.
+    pub leader: watch::Receiver<Option<Leader>>,
+    pub secret: Arc<str>,
+    pub policy: CallerPolicy,
+    pub store: PgStore,
+    pub metrics: Arc<Metrics>,
+    pub replica: Arc<str>,
+}
+
+pub fn relay_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+}
+
+/// The follower's routes.
+pub fn router(state: RelayState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(relay)
+        .with_state(state)
+}
+
+fn with_request_id(mut response: Response, id: HeaderValue) -> Response {
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn unavailable(code: &'static str, message: String) -> Response {
+    let mut response = ApiError::Unavailable {
+        code,
+        message,
+        operation: None,
+    }
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+/// Ready when the store takes a write and a live leader is known to relay to.
+async fn readyz(State(state): State<RelayState>) -> Response {
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!("not ready: the store: {e}");
+        return unavailable("store_unavailable", format!("the store: {e}"));
+    }
+    match state.leader.borrow().clone() {
+        Some(leader) if leader.live => (
+            StatusCode::OK,
+            axum::Json(json!({
+                "status": "ready",
+                "role": "follower",
+                "replica": &*state.replica,
+                "leader": leader.replica,
+                "epoch": leader.epoch,
+            })),
+        )
+            .into_response(),
+        _ => unavailable(
+            "no_leader",
+            "no replica leads now; one takes over within the lease".into(),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<RelayState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The caller's address as this replica judges it (trusted proxies and all), or the refusal.
+fn judge(policy: &CallerPolicy, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, ApiError> {
+    let mut forwarded = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        forwarded.push(value.to_str().map_err(|_| {
+            ApiError::bad_request(
+                "bad_forwarded_for",
+                "X-Forwarded-For is not printable ASCII",
+            )
+        })?);
+    }
+    let addr = policy
+        .client_addr(peer, &forwarded)
+        .map_err(|e| ApiError::bad_request("bad_forwarded_for", e.to_string()))?;
+    policy.check(addr).map_err(|denied| {
+        tracing::warn!(caller = %addr, peer = %peer, "caller refused: {denied}");
+        ApiError::Forbidden(format!(
+            "caller {addr} may not call synchspeed; ask its operators to allow it"
+        ))
+    })?;
+    Ok(addr)
+}
+
+async fn relay(
+    State(state): State<RelayState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&ulid::Ulid::new().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        });
+    let caller = match judge(&state.policy, peer.ip(), request.headers()) {
+        Ok(caller) => caller,
+        Err(refused) => return with_request_id(refused.into_response(), id),
+    };
+    let leader = state.leader.borrow().clone();
+    let Some(leader) = leader.filter(|leader| leader.live) else {
+        state.count(0);
+        return with_request_id(
+            unavailable(
+                "no_leader",
+                "no replica leads now; one takes over within the lease, try again".into(),
+            ),
+            id,
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |target| target.as_str());
+    let url = format!("{}{}", leader.advertise.trim_end_matches('/'), target);
+    let mut headers = HeaderMap::new();
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(REQUEST_ID, id.clone());
+    if let Ok(value) = HeaderValue::from_str(&caller.to_string()) {
+        headers.insert(CALLER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&state.secret) {
+        headers.insert(SECRET, value);
+    }
+    // A request without a body (a GET) is relayed without one, not as an empty chunked body.
+    let has_body = parts.headers.contains_key(header::CONTENT_LENGTH)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let mut relayed = state.client.request(parts.method, &url).headers(headers);
+    if has_body {
+        relayed = relayed.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    }
+    let sent = relayed.send().await;
+    let answer = match sent {
+        Ok(answer) => answer,
+        Err(e) => {
+            state.count(0);
+            tracing::warn!(leader = %leader.replica, %url, "cannot relay to the leader: {e}");
+            return with_request_id(
+                unavailable(
+                    "leader_unreachable",
+                    format!(
+                        "the leading replica {} did not answer; try again (another takes over within the lease if it is gone)",
+                        leader.replica
+                    ),
+                ),
+                id,
+            );
+        }
+    };
+    state.count(answer.status().as_u16());
+    let mut response = Response::builder().status(answer.status());
+    if let Some(headers) = response.headers_mut() {
+        for (name, value) in answer.headers() {
+            if !hop_by_hop(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+    let stream = answer.bytes_stream().map_err(std::io::Error::other);
+    response
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| ApiError::Internal(format!("relayed answer: {e}")).into_response())
+}
+
+impl RelayState {
+    fn count(&self, status: u16) {
+        self.metrics
+            .cluster_relayed
+            .get_or_create(&RelayLabels { status })
+            .inc();
+    }
+}
