@@ -307,6 +307,23 @@ impl TestApp {
         Self::spawn_process_in(self.config.clone(), Arc::clone(&self.dir)).await
     }
 
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let process = self.process.as_mut().expect("a process app");
+        process.child.kill().unwrap();
+        process.child.wait().unwrap();
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let process = self.process.as_ref().expect("a process app");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &process.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// SIGTERM; returns at once (the process may take its grace period).
     pub fn terminate(&self) {
         let process = self.process.as_ref().expect("a process app");

@@ -21,6 +21,7 @@ mod guard;
 mod haproxy;
 mod intent;
 mod registry;
+mod replicas;
 mod security;
 mod store;
 mod zookeeper;

@@ -1,0 +1,269 @@
+//! Several replicas as real processes of the binary over one PostgreSQL store (a database of
+//! the test's own) and the Eureka double: to every caller and every gateway they behave like
+//! one service, through a leader's death and a leader's pause.
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, TestConfig, eventually, eventually_within};
+use crate::support::eureka::EurekaDouble;
+use crate::support::gateway::{Behaviour, GatewayNode};
+use crate::support::store_db::StoreDb;
+
+const IP: &str = "10.0.0.5";
+const INSTANCE: &str = "10.0.0.5:order-service:8080";
+
+/// Replicas with a short lease (takeover within about 4 s), named so the test can tell them
+/// apart.
+fn replica(config: &TestConfig, db: &StoreDb, name: &str) -> TestConfig {
+    config
+        .clone()
+        .postgres(&db.url())
+        .cluster(&format!("replica = \"{name}\"\nlease = \"3s\""))
+}
+
+async fn readiness(app: &TestApp) -> Value {
+    app.get_json("/readyz").await
+}
+
+/// Waits until `app` says it leads.
+async fn leads(app: &TestApp) {
+    eventually_within(
+        "the replica leads",
+        std::time::Duration::from_secs(20),
+        || async { readiness(app).await["role"] == "leader" },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_offline_on_one_replica_is_held_listed_and_keyed_on_the_other() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let eureka = EurekaDouble::with_order_service().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()]);
+    let a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
+    leads(&a).await;
+    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let ready = readiness(&b).await;
+    assert_eq!(ready["role"], "follower", "{ready}");
+    assert_eq!(ready["leader"], "replica-a", "{ready}");
+
+    // Accepted by B (relayed to the leader), answered as the leader answers.
+    let offline = b
+        .client
+        .post(b.url(&format!(
+            "/api/v1/instances/{IP}/offline?wait=true&reason=deploy"
+        )))
+        .header("Idempotency-Key", "deploy-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(offline.status(), 200);
+    let offline: Value = offline.json().await.unwrap();
+    assert_eq!(offline["state"], "succeeded", "{offline}");
+    assert_eq!(
+        offline["replica"], "replica-a",
+        "the leader ran it: {offline}"
+    );
+    assert_eq!(node.received().len(), 1);
+    assert_eq!(
+        eureka.status("ORDER-SERVICE", INSTANCE).as_deref(),
+        Some("OUT_OF_SERVICE")
+    );
+
+    // Seen on either replica at once.
+    for app in [&a, &b] {
+        let held = app.get_json("/api/v1/offline").await;
+        assert_eq!(held["instances"][0]["operationId"], offline["id"], "{held}");
+        let view = app.get_json(&format!("/api/v1/instances/{IP}")).await;
+        assert_eq!(view["instances"][0]["status"], "OUT_OF_SERVICE", "{view}");
+    }
+    // The same key on the other replica is the same operation, and nothing happens twice.
+    let again: Value = a
+        .client
+        .post(a.url(&format!(
+            "/api/v1/instances/{IP}/offline?wait=true&reason=deploy"
+        )))
+        .header("Idempotency-Key", "deploy-42")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["id"], offline["id"]);
+    assert_eq!(node.received().len(), 1);
+    assert_eq!(eureka.status_writes().len(), 1);
+
+    // The relayed caller is the caller, not the follower: the audit trail has its address.
+    assert_eq!(offline["caller"]["addr"], "127.0.0.1", "{offline}");
+    let metrics = b.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("synchspeed_cluster_leader{replica=\"replica-b\"} 0"),
+        "{metrics}"
+    );
+    let metrics = a.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("synchspeed_cluster_leader{replica=\"replica-a\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_online_on_the_follower_during_an_offline_fan_out_on_the_leader_runs_after_it() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let eureka = EurekaDouble::with_order_service().await;
+    let node = GatewayNode::start(Behaviour::Slow(400)).await;
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()])
+        .gateway("timeout = \"5s\"\nattempts = 1");
+    let a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
+    leads(&a).await;
+    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+
+    let offline = a.post(&format!("/api/v1/instances/{IP}/offline")).await;
+    assert_eq!(offline.status(), 202);
+    let offline: Value = offline.json().await.unwrap();
+    let online = b
+        .post(&format!("/api/v1/instances/{IP}/online?wait=true"))
+        .await;
+    assert_eq!(online.status(), 200);
+    let online: Value = online.json().await.unwrap();
+
+    let offline = a.settled(offline["id"].as_str().unwrap()).await;
+    assert!(
+        online["registryUpdatedAt"].as_str().unwrap() >= offline["completedAt"].as_str().unwrap(),
+        "the online reached the registry only after the offline's last answer: {offline} {online}"
+    );
+    let events: Vec<String> = node.received().into_iter().map(|n| n.event).collect();
+    assert_eq!(events, ["offline", "online"]);
+    assert_eq!(
+        eureka.status("ORDER-SERVICE", INSTANCE).as_deref(),
+        Some("UP")
+    );
+    let held = b.get_json("/api/v1/offline").await;
+    assert_eq!(held["instances"].as_array().unwrap().len(), 0, "{held}");
+}
+
+#[tokio::test]
+async fn after_kill_9_of_the_leader_mid_fan_out_the_other_replica_finishes_it() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let eureka = EurekaDouble::with_order_service().await;
+    let hanging = GatewayNode::start(Behaviour::Hang).await;
+    let answering = GatewayNode::start(Behaviour::Ack).await;
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![hanging.address(), answering.address()])
+        .gateway("timeout = \"60s\"\nattempts = 1");
+    let mut a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
+    leads(&a).await;
+    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+
+    let response = b.post(&format!("/api/v1/instances/{IP}/offline")).await;
+    assert_eq!(response.status(), 202);
+    let operation: Value = response.json().await.unwrap();
+    let id = operation["id"].as_str().unwrap().to_owned();
+    eventually("the answering node acknowledged", || async {
+        answering.received().len() == 1
+    })
+    .await;
+
+    a.kill();
+    hanging.set_behaviour(Behaviour::Ack);
+    leads(&b).await;
+    let finished = b.settled(&id).await;
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    assert_eq!(finished["replica"], "replica-b", "{finished}");
+    assert!(
+        finished["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("after replica-a stopped")),
+        "{finished}"
+    );
+    // At least once, with the same operation id: a node's answer is journaled with the
+    // settle, so one that answered the dead leader is told again (gateways take a repeated
+    // operation id as the same notification).
+    for node in [&hanging, &answering] {
+        let told = node.received();
+        assert!(!told.is_empty());
+        assert!(told.iter().all(|r| r.body["operationId"] == id.as_str()));
+    }
+    let held = b.get_json("/api/v1/offline").await;
+    assert_eq!(held["instances"][0]["operationId"], id.as_str(), "{held}");
+    assert_eq!(
+        eureka.status("ORDER-SERVICE", INSTANCE).as_deref(),
+        Some("OUT_OF_SERVICE")
+    );
+}
+
+#[tokio::test]
+async fn a_leader_paused_past_its_lease_is_replaced_and_continued_writes_nothing() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let eureka = EurekaDouble::with_order_service().await;
+    let node = GatewayNode::start(Behaviour::Gated).await;
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()])
+        .gateway("timeout = \"60s\"\nattempts = 1");
+    let mut a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
+    leads(&a).await;
+    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+
+    // A's fan-out waits on the node when A is paused.
+    let operation: Value = a
+        .post(&format!("/api/v1/instances/{IP}/offline"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = operation["id"].as_str().unwrap().to_owned();
+    eventually("the node is told by A", || async {
+        node.received().len() == 1
+    })
+    .await;
+    a.signal("STOP");
+    leads(&b).await;
+    // B carried the operation on: it told the node again, with the same operation id.
+    eventually("the node is told by B", || async {
+        node.received().len() == 2
+    })
+    .await;
+    node.open_gate();
+    let finished = b.settled(&id).await;
+    assert_eq!(finished["state"], "succeeded", "{finished}");
+    let writes = eureka.status_writes().len();
+
+    // A runs again: its node answered meanwhile, but it leads no more and writes nothing.
+    a.signal("CONT");
+    let status = a.exited().await;
+    assert_eq!(status.code(), Some(75), "{:?}", a.logs());
+    assert!(
+        a.logs().iter().any(|line| line.contains("leadership lost")),
+        "{:?}",
+        a.logs()
+    );
+    let after = b.operation(&id).await;
+    assert_eq!(
+        after, finished,
+        "A's view of the operation never reached the journal"
+    );
+    assert_eq!(after["replica"], "replica-b");
+    assert_eq!(eureka.status_writes().len(), writes);
+    assert_eq!(node.received().len(), 2);
+    let ready = readiness(&b).await;
+    assert_eq!(ready["role"], "leader", "{ready}");
+    assert!(ready["epoch"].as_i64().unwrap() >= 2, "{ready}");
+}
