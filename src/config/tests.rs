@@ -112,6 +112,48 @@ fn an_empty_file_yields_every_documented_default() {
     assert_eq!(settings.store.retention, secs(30 * 24 * 3600));
     assert_eq!(settings.store.prune_every, secs(3600));
     assert_eq!(settings.store.wal_max_bytes, 64 * 1024 * 1024);
+    assert_eq!(settings.store.kind, crate::config::StoreKind::Sqlite);
+    assert_eq!(settings.store.pool_size, 10);
+    assert_eq!(settings.store.connect_timeout, secs(5));
+    assert_eq!(settings.store.statement_timeout, secs(5));
+
+    assert_eq!(settings.cluster.replica, None);
+    assert_eq!(settings.cluster.advertise, None);
+    assert_eq!(settings.cluster.lease, secs(10));
+}
+
+#[test]
+fn a_postgres_store_and_its_cluster_are_read_and_checked() {
+    let settings = Settings::from_toml(
+        "[store]\nurl = \"postgres://synchspeed:s3cret@db.internal:5432/synchspeed\"\n\
+         [cluster]\nreplica = \"synchspeed-0\"\nadvertise = \"http://10.1.2.3:8080\"\nlease = \"6s\"\n",
+    )
+    .unwrap();
+    assert_eq!(settings.store.kind, crate::config::StoreKind::Postgres);
+    assert!(!format!("{:?}", settings.store).contains("s3cret"));
+    assert_eq!(settings.cluster.replica.as_deref(), Some("synchspeed-0"));
+    assert_eq!(
+        settings.cluster.advertise.as_ref().map(url::Url::as_str),
+        Some("http://10.1.2.3:8080/")
+    );
+    assert_eq!(settings.cluster.lease, std::time::Duration::from_secs(6));
+
+    for (text, key) in [
+        ("[store]\nurl = \"mysql://root@127.0.0.1/x\"", "store.url"),
+        ("[store]\npool_size = 0", "store.pool_size"),
+        ("[cluster]\nlease = \"1s\"", "cluster.lease"),
+        (
+            "[cluster]\nadvertise = \"10.1.2.3:8080\"",
+            "cluster.advertise",
+        ),
+        (
+            "[cluster]\nadvertise = \"http://10.1.2.3:8080/api\"",
+            "cluster.advertise",
+        ),
+    ] {
+        let error = Settings::from_toml(text).unwrap_err().to_string();
+        assert!(error.contains(&format!("`{key}`")), "{text}: {error}");
+    }
 }
 
 /// The defaults of the other registry kinds, from a file that names only the kind (and, for
