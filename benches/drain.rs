@@ -112,15 +112,29 @@ fn static_groups(groups: &[(String, String)]) -> String {
 }
 
 async fn start_service(eureka: &EurekaDouble, routes: &str) -> Service {
+    start_service_on(eureka, routes, None, "").await
+}
+
+/// A service whose store is `store_url` (its own SQLite file when `None`), with `extra`
+/// tables appended.
+async fn start_service_on(
+    eureka: &EurekaDouble,
+    routes: &str,
+    store_url: Option<&str>,
+    extra: &str,
+) -> Service {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let store = store_url.map_or_else(
+        || format!("sqlite://{}/bench.db", dir.path().display()),
+        str::to_owned,
+    );
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nbody_limit = 1048576\n[log]\nlevel = \"warn\"\n\
          [security]\nallow = [\"127.0.0.0/8\"]\n[registry]\nkind = \"eureka\"\n[registry.eureka]\n\
          urls = [\"{}\"]\nrefresh = \"1s\"\n[gateway]\ntimeout = \"2s\"\n[drain]\nmax_in_flight = 4096\n\
-         wait_timeout_max = \"5m\"\n[store]\nurl = \"sqlite://{}/bench.db\"\n{routes}",
+         wait_timeout_max = \"5m\"\n[store]\nurl = \"{store}\"\n{routes}\n{extra}",
         eureka.url(),
-        dir.path().display()
     );
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).unwrap();
@@ -494,6 +508,98 @@ async fn sql_groups_run(
     Ok((p50, p99, steps))
 }
 
+/// A database of the bench's own on the machine's PostgreSQL, created afresh.
+async fn bench_database(purpose: &str) -> Result<(sqlx::PgConnection, String, String), String> {
+    use sqlx::{AssertSqlSafe, Connection};
+    let admin = "postgres://postgres@127.0.0.1:5432";
+    let mut conn = sqlx::PgConnection::connect(&format!("{admin}/postgres"))
+        .await
+        .map_err(|e| format!("no PostgreSQL on 127.0.0.1:5432: {e}"))?;
+    let name = format!("synchspeed_bench_{purpose}_{}", std::process::id());
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::raw_sql(AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("creating the bench's database: {e}"))?;
+    }
+    Ok((conn, format!("{admin}/{name}"), name))
+}
+
+async fn drop_database(mut conn: sqlx::PgConnection, name: &str) {
+    let statement = sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    let _ = sqlx::raw_sql(statement).execute(&mut conn).await;
+}
+
+/// The store on PostgreSQL: the 100-node offline beside the floor, in turns, as on SQLite.
+async fn postgres_store_run(
+    eureka: &EurekaDouble,
+    groups: &[(String, String)],
+    floor: &FloorDrain,
+) -> Result<((f64, f64), (f64, f64)), String> {
+    let (conn, url, name) = bench_database("store").await?;
+    let service = start_service_on(eureka, &static_groups(groups), Some(&url), "").await;
+    let drain = ServiceDrain::new(&service, &format!("10.50.0.{FLOOR_NODES}"));
+    let measured = latency_beside_floor(&drain, floor).await;
+    drop(service);
+    drop_database(conn, &name).await;
+    Ok(measured)
+}
+
+/// Two replicas on PostgreSQL with the default lease: the leader is killed (kill -9) while a
+/// node is being told; seconds until the other replica has told that node again.
+async fn failover_seconds(eureka: &EurekaDouble) -> Result<f64, String> {
+    let (conn, url, name) = bench_database("failover").await?;
+    let node = GatewayNode::start(Behaviour::Slow(1500)).await;
+    eureka.register(
+        "FAILOVER",
+        "10.50.9.1:failover:8080",
+        "10.50.9.1",
+        8080,
+        "UP",
+    );
+    let routes = format!(
+        "{}\n[gateway.nodes]\n\"FAILOVER-EDGE\" = [\"{}\"]\n",
+        static_groups(&[("FAILOVER".to_owned(), "FAILOVER-EDGE".to_owned())]),
+        node.address()
+    );
+    let mut leader =
+        start_service_on(eureka, &routes, Some(&url), "[cluster]\nreplica = \"a\"").await;
+    let follower =
+        start_service_on(eureka, &routes, Some(&url), "[cluster]\nreplica = \"b\"").await;
+    let client = client();
+    let offline = client
+        .post(format!(
+            "{}/api/v1/instances/10.50.9.1/offline",
+            leader.base
+        ))
+        .send()
+        .await
+        .map_err(|e| format!("offline: {e}"))?;
+    if offline.status() != 202 {
+        return Err(format!("offline answered {}", offline.status()));
+    }
+    while node.received().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    leader.child.kill().unwrap();
+    let killed = Instant::now();
+    leader.child.wait().unwrap();
+    let deadline = killed + Duration::from_secs(60);
+    while node.received().len() < 2 {
+        if Instant::now() > deadline {
+            return Err("the other replica never told the node".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = killed.elapsed().as_secs_f64();
+    drop(follower);
+    drop_database(conn, &name).await;
+    Ok(seconds)
+}
+
 async fn run() {
     let eureka = EurekaDouble::start().await;
     let mut nodes = Vec::new();
@@ -603,6 +709,8 @@ async fn run() {
     let reads = read_rps(&service).await;
     drop(service);
     let sql = sql_groups_run(&eureka, &groups).await;
+    let postgres = postgres_store_run(&eureka, &groups, &floor).await;
+    let failover = failover_seconds(&eureka).await;
 
     println!(
         "\nsynchspeed drain benchmark ({SAMPLES} samples after {WARMUP} warm-up, loopback, 2 cores)\n"
@@ -669,7 +777,43 @@ async fn run() {
         Err(why) => println!("{:<34} skipped: {why}", "groups from PostgreSQL"),
     }
 
+    match &postgres {
+        Ok(((p50, p99), (floor_p50, floor_p99))) => {
+            println!(
+                "{:<34} {:>10.3} {:>10.3}   {:.2}x the floor's p50",
+                "100 nodes, store on PostgreSQL",
+                p50,
+                p99,
+                p50 / floor_p50
+            );
+            println!(
+                "{:<34} {:>10.3} {:>10.3}",
+                "floor, in turns with it", floor_p50, floor_p99
+            );
+        }
+        Err(why) => println!("{:<34} skipped: {why}", "store on PostgreSQL"),
+    }
+    match &failover {
+        Ok(seconds) => println!(
+            "{:<34} {:>10.3} s (cluster.lease = 10s)",
+            "failover, kill -9 to node told", seconds
+        ),
+        Err(why) => println!("{:<34} skipped: {why}", "failover"),
+    }
+    let sqlite_100 = rows
+        .iter()
+        .find(|(count, ..)| *count == FLOOR_NODES)
+        .map_or((f64::NAN, f64::NAN), |(_, p50, p99, _)| (*p50, *p99));
     let report = json!({
+        "store": {
+            "sqlite": {"nodes_100": {"p50": round(sqlite_100.0), "p99": round(sqlite_100.1),
+                "floor_p50": round(floor_p50), "ratio": round(sqlite_100.0 / floor_p50)}},
+            "postgres": postgres.as_ref().ok().map(|((p50, p99), (fp50, _))| json!({
+                "nodes_100": {"p50": round(*p50), "p99": round(*p99),
+                    "floor_p50": round(*fp50), "ratio": round(p50 / fp50)},
+                "failover_seconds": failover.as_ref().ok().map(|s| round(*s)),
+            })),
+        },
         "latency_ms": latency_ms,
         "steps_ms": steps_ms,
         "floor_ms": {"nodes_100": {"p50": round(floor_p50), "p99": round(floor_p99)}},
