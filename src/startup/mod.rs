@@ -1,8 +1,9 @@
 //! The only place that names concrete backends: builds them from settings, binds, serves, and
-//! shuts down in a bounded, ordered way. Tests start the very same [`Application`] on port 0.
+//! shuts down in a bounded, ordered way; a replica over PostgreSQL is wired in `replicas`. Tests
+//! start the very same [`Application`] on port 0.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,15 +15,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use axum::Router;
-use tower::ServiceExt;
 
 use crate::cluster::Election;
 use crate::cluster::fenced::{FencedNotifier, FencedRegistry};
 use crate::cluster::lease::{Leadership, LeaseRow};
 use crate::cluster::relay::{self, RelayState};
 use crate::config::{
-    ClusterSettings, GatewaySettings, GroupsSettings, NotifierKind, RegistrySettings, Settings,
-    StoreKind, StoreSettings,
+    GatewaySettings, GroupsSettings, NotifierKind, RegistrySettings, Settings, StoreKind,
+    StoreSettings,
 };
 use crate::drain::{Orchestrator, Parts};
 use crate::drain::{reassert, reconcile};
@@ -42,8 +42,10 @@ use crate::registry::zookeeper::ZookeeperRegistry;
 use crate::store::Store;
 use crate::store::postgres::{PgPoolSettings, PgStore};
 use crate::store::sqlite::SqliteStore;
-use crate::sync::{read, write};
 use crate::telemetry::Metrics;
+use replicas::{Campaign, RouterSwitch, campaign, identity};
+
+mod replicas;
 
 /// How long after `server.shutdown_grace` the last answers have to reach their callers.
 const ANSWERS_FLUSH: Duration = Duration::from_secs(2);
@@ -236,31 +238,6 @@ async fn lead(parts: LeaderParts) -> anyhow::Result<(Arc<Orchestrator>, Router)>
     Ok((orchestrator, app))
 }
 
-/// This replica's name and the URL the others relay to, from `[cluster]` or the listener.
-fn identity(settings: &ClusterSettings, bound: SocketAddr) -> anyhow::Result<(String, String)> {
-    let advertise = match &settings.advertise {
-        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
-        None if bound.ip().is_unspecified() => anyhow::bail!(
-            "cluster.advertise must be set when listening on {bound}: the other replicas \
-             need an address to relay calls to (for example http://$POD_IP:{})",
-            bound.port()
-        ),
-        None => format!("http://{bound}"),
-    };
-    let replica = match &settings.replica {
-        Some(name) => name.clone(),
-        None => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|name| name.trim().to_owned())
-                .ok()
-                .filter(|name| !name.is_empty())
-                .unwrap_or_else(|| "synchspeed".to_owned());
-            format!("{host}:{}", bound.port())
-        }
-    };
-    Ok((replica, advertise))
-}
-
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
@@ -437,86 +414,6 @@ impl Application {
         self.store.close().await;
         info!("synchspeed stopped");
         Ok(())
-    }
-}
-
-/// The router the listener serves, replaced when this replica starts leading.
-#[derive(Clone, Default)]
-struct RouterSwitch(Arc<RwLock<Router>>);
-
-impl RouterSwitch {
-    fn set(&self, router: Router) {
-        *write(&self.0) = router;
-    }
-
-    /// Serves each request with the router set at the time.
-    fn router(&self) -> Router {
-        let current = Arc::clone(&self.0);
-        Router::new().fallback_service(tower::service_fn(move |request: axum::extract::Request| {
-            let router = read(&current).clone();
-            async move { router.oneshot(request).await }
-        }))
-    }
-}
-
-/// A replica's life on PostgreSQL: follow, take the lease, lead until it is lost or the
-/// service stops.
-struct Campaign {
-    election: Arc<Election>,
-    pg: PgStore,
-    secret: Arc<str>,
-    replica: String,
-    parts: LeaderParts,
-    switch: RouterSwitch,
-    leading: Arc<OnceLock<Arc<Orchestrator>>>,
-    lost: CancellationToken,
-}
-
-async fn campaign(campaign: Campaign) {
-    let Campaign {
-        election,
-        pg,
-        secret,
-        replica,
-        mut parts,
-        switch,
-        leading,
-        lost,
-    } = campaign;
-    let shutdown = parts.shutdown.clone();
-    let Some(leadership) = election.until_leading(&shutdown).await else {
-        return;
-    };
-    parts.store = Arc::new(pg.fenced(leadership.epoch));
-    parts.cluster = Some((Arc::clone(&leadership), secret, replica));
-    // The lease is renewed from now on, also while the state is rebuilt.
-    let keeper = {
-        let (election, leadership, shutdown) = (
-            Arc::clone(&election),
-            Arc::clone(&leadership),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move { election.keep(&leadership, &shutdown).await })
-    };
-    match lead(parts).await {
-        Ok((orchestrator, app)) => {
-            let _ = leading.set(orchestrator);
-            switch.set(app);
-        }
-        Err(e) => {
-            error!("cannot lead: {e:#}");
-            lost.cancel();
-            return;
-        }
-    }
-    match keeper.await {
-        // Logged by the election already.
-        Ok(Some(_)) => lost.cancel(),
-        Ok(None) => {}
-        Err(e) => {
-            error!("the lease keeper failed: {e}");
-            lost.cancel();
-        }
     }
 }
 
