@@ -1,5 +1,6 @@
 //! Step 4, in the background: every pending node is told, each answer is recorded on the live
-//! operation as it arrives, and the operation is journaled as it settles.
+//! operation as it arrives, journaled every second while it runs, and the operation is
+//! journaled as it settles.
 //!
 //! While it runs, the operation lives in memory ([`LiveOperations`]): readers and waiting
 //! callers see it from there, and a shutdown journals it as it stands.
@@ -32,6 +33,18 @@ use crate::telemetry::{Metrics, NotificationLabels, Step};
 /// the settle. Until then a crash leaves the operation journaled as planned, and the next
 /// start redoes its registry step (idempotent) and tells every node, as at-least-once allows.
 const JOURNAL_REGISTRY_STEP_AFTER: Duration = Duration::from_millis(100);
+
+/// How often a running fan-out's answers so far are journaled (when there are new ones).
+const JOURNAL_ANSWERS_EVERY: Duration = Duration::from_secs(1);
+
+/// How many nodes have answered (acknowledged or failed for good).
+fn answered(operation: &Operation) -> usize {
+    operation
+        .gateways
+        .iter()
+        .filter(|node| node.state != NodeState::Pending)
+        .count()
+}
 
 /// Operations whose fan-out is still running: readers see their progress live.
 pub(super) type LiveOperations = Mutex<HashMap<OperationId, LiveOperation>>;
@@ -174,6 +187,7 @@ impl FanOutTask {
             () = tokio::time::sleep(JOURNAL_REGISTRY_STEP_AFTER), if registry_step_taken => true,
         };
         if still_running {
+            let (done, mut finished) = watch::channel(false);
             let journal = async {
                 let operation = sender.borrow().clone();
                 // The registry has changed: the gateways are told whatever the store
@@ -183,6 +197,33 @@ impl FanOutTask {
                 if let Err(e) = written.await {
                     error!(operation = %operation.id, "cannot journal the registry step: {e}");
                 }
+                // Then the answers as they come, so that whoever carries the operation on
+                // after a crash tells only the nodes the journal has no answer from. Never
+                // cancelled mid-write: it stops between writes once the fan-out is done.
+                let mut journaled = answered(&operation);
+                loop {
+                    tokio::select! {
+                        _ = finished.wait_for(|done| *done) => break,
+                        () = tokio::time::sleep(JOURNAL_ANSWERS_EVERY) => {}
+                    }
+                    let operation = sender.borrow().clone();
+                    let now = answered(&operation);
+                    if now == journaled {
+                        continue;
+                    }
+                    match journal_as_it_stands(self.store.as_ref(), &operation, &self.unjournaled)
+                        .await
+                    {
+                        Ok(()) => journaled = now,
+                        Err(e) => {
+                            warn!(operation = %operation.id, "cannot journal the answers so far: {e}")
+                        }
+                    }
+                }
+            };
+            let fan_out = async {
+                fan_out.await;
+                done.send_replace(true);
             };
             // The settle below is written after the registry step's record, never before.
             tokio::join!(journal, fan_out);

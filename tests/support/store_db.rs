@@ -45,11 +45,6 @@ impl StoreDb {
     pub fn url(&self) -> String {
         format!("{}/{}", self.admin, self.name)
     }
-
-    /// A connection of the test's own, to read what the replicas wrote.
-    pub async fn connect(&self) -> sqlx::PgConnection {
-        sqlx::PgConnection::connect(&self.url()).await.unwrap()
-    }
 }
 
 impl Drop for StoreDb {
