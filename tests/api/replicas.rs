@@ -8,6 +8,7 @@ use crate::helpers::{TestApp, TestConfig, eventually, eventually_within};
 use crate::support::eureka::EurekaDouble;
 use crate::support::gateway::{Behaviour, GatewayNode};
 use crate::support::store_db::StoreDb;
+use crate::support::tcp_proxy::TcpProxy;
 
 const IP: &str = "10.0.0.5";
 const INSTANCE: &str = "10.0.0.5:order-service:8080";
@@ -287,4 +288,109 @@ async fn a_leader_paused_past_its_lease_is_replaced_and_continued_writes_nothing
     let ready = readiness(&b).await;
     assert_eq!(ready["role"], "leader", "{ready}");
     assert!(ready["epoch"].as_i64().unwrap() >= 2, "{ready}");
+}
+
+#[tokio::test]
+async fn one_reconciler_re_asserts_an_overwrite_once_whichever_replica_took_the_call() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let eureka = EurekaDouble::with_order_service().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()])
+        .drain("reconcile_every = \"200ms\"");
+    let a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
+    leads(&a).await;
+    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let offline = b
+        .post(&format!("/api/v1/instances/{IP}/offline?wait=true"))
+        .await;
+    assert_eq!(offline.status(), 200);
+    assert_eq!(eureka.status_writes().len(), 1);
+
+    // The instance restarts fast with the same id: UP again, its override gone.
+    eureka.cancel("ORDER-SERVICE", INSTANCE);
+    eureka.register("ORDER-SERVICE", INSTANCE, IP, 8080, "UP");
+    eventually("the hold is re-asserted", || async {
+        eureka.status("ORDER-SERVICE", INSTANCE).as_deref() == Some("OUT_OF_SERVICE")
+    })
+    .await;
+    // Several passes of the leader's reconciler later, still one re-assertion, one new word
+    // to the gateway, and none of it from the follower, which runs no reconciler.
+    let passes = reconcile_runs(&a).await;
+    eventually("three more passes of the reconciler", || async {
+        reconcile_runs(&a).await >= passes + 3
+    })
+    .await;
+    assert_eq!(
+        eureka.status_writes().len(),
+        2,
+        "{:?}",
+        eureka.status_writes()
+    );
+    assert_eq!(node.received().len(), 2);
+    assert_eq!(reconcile_runs(&b).await, 0);
+}
+
+async fn reconcile_runs(app: &TestApp) -> u64 {
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("synchspeed_reconcile_runs_total "))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn postgresql_gone_for_less_than_the_lease_costs_only_the_calls_made_meanwhile() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let proxy = TcpProxy::start(db.server_addr()).await;
+    let eureka = EurekaDouble::with_order_service().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()])
+        .postgres(&db.url_through(proxy.addr))
+        .store("connect_timeout = \"1s\"\nstatement_timeout = \"1s\"")
+        .cluster("replica = \"replica-a\"\nlease = \"8s\"");
+    let a = TestApp::spawn_process(config).await;
+    leads(&a).await;
+    let epoch = readiness(&a).await["epoch"].clone();
+
+    // PostgreSQL restarts: every connection reset, new ones refused for a while.
+    proxy.cut();
+    let refused = a
+        .post(&format!("/api/v1/instances/{IP}/offline?wait=true"))
+        .await;
+    assert_eq!(refused.status(), 503);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "store_unavailable", "{refused}");
+    assert_eq!(a.get("/readyz").await.status(), 503);
+    assert_eq!(
+        eureka.status("ORDER-SERVICE", INSTANCE).as_deref(),
+        Some("UP"),
+        "nothing changed"
+    );
+    assert!(node.received().is_empty(), "no gateway told");
+
+    proxy.restore();
+    a.wait_ready().await;
+    let ready = readiness(&a).await;
+    assert_eq!(ready["role"], "leader", "{ready}");
+    assert_eq!(
+        ready["epoch"], epoch,
+        "the lease was kept through the outage"
+    );
+    let offline = a
+        .post(&format!("/api/v1/instances/{IP}/offline?wait=true"))
+        .await;
+    assert_eq!(offline.status(), 200);
+    assert_eq!(node.received().len(), 1);
+    assert_eq!(
+        eureka.status("ORDER-SERVICE", INSTANCE).as_deref(),
+        Some("OUT_OF_SERVICE")
+    );
 }

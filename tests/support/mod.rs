@@ -7,4 +7,5 @@ pub mod gateway;
 pub mod haproxy;
 pub mod route_db;
 pub mod store_db;
+pub mod tcp_proxy;
 pub mod zookeeper;

@@ -45,6 +45,25 @@ impl StoreDb {
     pub fn url(&self) -> String {
         format!("{}/{}", self.admin, self.name)
     }
+
+    /// The server's address (to put a proxy in front of it).
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let url = url::Url::parse(&self.admin).unwrap();
+        let host = url.host_str().unwrap();
+        let port = url.port().unwrap_or(5432);
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
+    /// `store.url` through `proxy` instead of straight to the server.
+    pub fn url_through(&self, proxy: std::net::SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.admin).unwrap();
+        url.set_host(Some(&proxy.ip().to_string())).unwrap();
+        url.set_port(Some(proxy.port())).unwrap();
+        format!("{}/{}", url.as_str().trim_end_matches('/'), self.name)
+    }
 }
 
 impl Drop for StoreDb {
