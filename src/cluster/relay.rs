@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::TryStreamExt;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use super::lease::Leader;
@@ -184,8 +185,17 @@ async fn relay(
         Ok(caller) => caller,
         Err(refused) => return with_request_id(refused.into_response(), id),
     };
+    // A call another replica relayed here is never relayed on: during a takeover two
+    // followers could otherwise pass it back and forth, and a replica restarted under the
+    // name of a lease still running would relay to itself.
+    let relayed_here = request
+        .headers()
+        .get(SECRET)
+        .is_some_and(|secret| bool::from(secret.as_bytes().ct_eq(state.secret.as_bytes())));
     let leader = state.leader.borrow().clone();
-    let Some(leader) = leader.filter(|leader| leader.live) else {
+    let Some(leader) =
+        leader.filter(|leader| leader.live && !relayed_here && leader.replica != *state.replica)
+    else {
         state.count(0);
         return with_request_id(
             unavailable(

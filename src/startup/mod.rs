@@ -60,6 +60,8 @@ pub struct Application {
     leading: Arc<OnceLock<Arc<Orchestrator>>>,
     /// Cancelled when the lease was lost: the process must stop at once.
     lost: CancellationToken,
+    /// Cancelled at the end of a stop, when a leader may give its lease up.
+    lease_stop: CancellationToken,
     store: Stores,
     grace: Duration,
 }
@@ -264,6 +266,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let background = TaskTracker::new();
         let lost = CancellationToken::new();
+        let lease_stop = CancellationToken::new();
         let leading = Arc::new(OnceLock::new());
         // Every replica keeps the registry's copy fresh: one that takes over has it warm.
         background.spawn({
@@ -330,6 +333,7 @@ impl Application {
                     switch: switch.clone(),
                     leading: Arc::clone(&leading),
                     lost: lost.clone(),
+                    lease_stop: lease_stop.clone(),
                 }));
                 "follower until it takes the lease"
             }
@@ -361,6 +365,7 @@ impl Application {
             background,
             leading,
             lost,
+            lease_stop,
             store: stores,
             grace: settings.server.shutdown_grace,
         })
@@ -380,6 +385,7 @@ impl Application {
             }
             () = self.lost.cancelled() => {
                 self.shutdown.cancel();
+                self.lease_stop.cancel();
                 Err(LeadershipLost.into())
             }
         }
@@ -409,6 +415,8 @@ impl Application {
             Ok(Err(e)) => warn!("the server task failed: {e}"),
             Err(_) => warn!("requests still open after the grace period were cut"),
         }
+        // Everything this replica was doing is done or journaled: a leader hands over now.
+        self.lease_stop.cancel();
         self.background.close();
         self.background.wait().await;
         self.store.close().await;

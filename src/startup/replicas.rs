@@ -75,6 +75,9 @@ pub(super) struct Campaign {
     pub(super) switch: RouterSwitch,
     pub(super) leading: Arc<OnceLock<Arc<Orchestrator>>>,
     pub(super) lost: CancellationToken,
+    /// Cancelled once a stop has let the fan-outs and the waiting callers finish: only then
+    /// is the lease given up, so that no other replica carries on what this one still does.
+    pub(super) lease_stop: CancellationToken,
 }
 
 pub(super) async fn campaign(campaign: Campaign) {
@@ -87,6 +90,7 @@ pub(super) async fn campaign(campaign: Campaign) {
         switch,
         leading,
         lost,
+        lease_stop,
     } = campaign;
     let shutdown = parts.shutdown.clone();
     let Some(leadership) = election.until_leading(&shutdown).await else {
@@ -96,12 +100,8 @@ pub(super) async fn campaign(campaign: Campaign) {
     parts.cluster = Some((Arc::clone(&leadership), secret, replica));
     // The lease is renewed from now on, also while the state is rebuilt.
     let keeper = {
-        let (election, leadership, shutdown) = (
-            Arc::clone(&election),
-            Arc::clone(&leadership),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move { election.keep(&leadership, &shutdown).await })
+        let (election, leadership) = (Arc::clone(&election), Arc::clone(&leadership));
+        tokio::spawn(async move { election.keep(&leadership, &lease_stop).await })
     };
     match lead(parts).await {
         Ok((orchestrator, app)) => {

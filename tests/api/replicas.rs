@@ -394,3 +394,130 @@ async fn postgresql_gone_for_less_than_the_lease_costs_only_the_calls_made_meanw
         Some("OUT_OF_SERVICE")
     );
 }
+
+const TOKEN: &str = "replica-token-0123456789";
+
+#[tokio::test]
+async fn a_follower_relays_tokens_streams_and_caller_addresses_as_one_service() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let eureka = EurekaDouble::with_order_and_payment().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .route("PAYMENT-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()])
+        .security(&format!(
+            "allow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\ndeny = [\"192.0.2.66\"]\n\
+             trusted_proxies = [\"127.0.0.1\"]\n\
+             tokens = [{{ principal = \"deployer\", token = \"{TOKEN}\" }}]"
+        ));
+    let a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
+    leads(&a).await;
+    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let offline_url = b.url(&format!("/api/v1/instances/{IP}/offline?wait=true"));
+
+    // The token is the leader's to check: none is a 401, relayed as it is.
+    let unauthorized = b.client.post(&offline_url).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    assert!(node.received().is_empty());
+
+    // A caller behind a trusted proxy is judged by the replica it reached: denied there...
+    let denied = b
+        .client
+        .post(&offline_url)
+        .bearer_auth(TOKEN)
+        .header("X-Forwarded-For", "192.0.2.66")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    assert!(node.received().is_empty());
+    // ...and an allowed one is recorded by the leader as itself, not as the follower.
+    let offline: Value = b
+        .client
+        .post(&offline_url)
+        .bearer_auth(TOKEN)
+        .header("X-Forwarded-For", "192.0.2.10")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(offline["state"], "succeeded", "{offline}");
+    assert_eq!(offline["caller"]["addr"], "192.0.2.10", "{offline}");
+    assert_eq!(offline["caller"]["principal"], "deployer", "{offline}");
+
+    // A caller naming an address itself, without the deployment's relay secret, is not
+    // believed.
+    let forged: Value = a
+        .client
+        .post(a.url("/api/v1/instances/10.0.0.7/offline?wait=true"))
+        .bearer_auth(TOKEN)
+        .header("x-synchspeed-relayed-for", "192.0.2.99")
+        .header("x-synchspeed-relay-secret", "guessed")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(forged["caller"]["addr"], "127.0.0.1", "{forged}");
+
+    // An operation's event stream, through the follower, to its end.
+    let stream = b
+        .client
+        .get(b.url(&format!(
+            "/api/v1/operations/{}/events",
+            offline["id"].as_str().unwrap()
+        )))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(
+        stream.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = stream.text().await.unwrap();
+    assert!(events.contains("event: snapshot"), "{events}");
+    assert!(events.contains(offline["id"].as_str().unwrap()), "{events}");
+}
+
+#[tokio::test]
+async fn a_leader_stopped_cleanly_hands_over_at_once_not_at_the_end_of_its_lease() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let eureka = EurekaDouble::with_order_service().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    // A lease longer than `eventually` waits: only a lease given up is taken over in time.
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()]);
+    let long_lease = |name: &str| {
+        config
+            .clone()
+            .postgres(&db.url())
+            .cluster(&format!("replica = \"{name}\"\nlease = \"60s\""))
+    };
+    let mut a = TestApp::spawn_process(long_lease("replica-a")).await;
+    leads(&a).await;
+    let b = TestApp::spawn_process(long_lease("replica-b")).await;
+    a.terminate();
+    assert_eq!(a.exited().await.code(), Some(0));
+    eventually("the other replica leads", || async {
+        readiness(&b).await["role"] == "leader"
+    })
+    .await;
+    let offline = b
+        .post(&format!("/api/v1/instances/{IP}/offline?wait=true"))
+        .await;
+    assert_eq!(offline.status(), 200);
+    assert_eq!(node.received().len(), 1);
+}
