@@ -538,14 +538,16 @@ async fn postgres_store_run(
     eureka: &EurekaDouble,
     groups: &[(String, String)],
     floor: &FloorDrain,
-) -> Result<((f64, f64), (f64, f64)), String> {
+) -> Result<(((f64, f64), (f64, f64)), Vec<f64>), String> {
     let (conn, url, name) = bench_database("store").await?;
     let service = start_service_on(eureka, &static_groups(groups), Some(&url), "").await;
     let drain = ServiceDrain::new(&service, &format!("10.50.0.{FLOOR_NODES}"));
+    let before = step_totals(&service).await;
     let measured = latency_beside_floor(&drain, floor).await;
+    let steps = step_means(&before, &step_totals(&service).await);
     drop(service);
     drop_database(conn, &name).await;
-    Ok(measured)
+    Ok((measured, steps))
 }
 
 /// Two replicas on PostgreSQL with the default lease: the leader is killed (kill -9) while a
@@ -778,7 +780,7 @@ async fn run() {
     }
 
     match &postgres {
-        Ok(((p50, p99), (floor_p50, floor_p99))) => {
+        Ok((((p50, p99), (floor_p50, floor_p99)), steps)) => {
             println!(
                 "{:<34} {:>10.3} {:>10.3}   {:.2}x the floor's p50",
                 "100 nodes, store on PostgreSQL",
@@ -789,6 +791,15 @@ async fn run() {
             println!(
                 "{:<34} {:>10.3} {:>10.3}",
                 "floor, in turns with it", floor_p50, floor_p99
+            );
+            println!(
+                "{:<34} {}",
+                "  its mean ms by step",
+                steps
+                    .iter()
+                    .map(|ms| format!("{ms:>9.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
         }
         Err(why) => println!("{:<34} skipped: {why}", "store on PostgreSQL"),
@@ -808,9 +819,14 @@ async fn run() {
         "store": {
             "sqlite": {"nodes_100": {"p50": round(sqlite_100.0), "p99": round(sqlite_100.1),
                 "floor_p50": round(floor_p50), "ratio": round(sqlite_100.0 / floor_p50)}},
-            "postgres": postgres.as_ref().ok().map(|((p50, p99), (fp50, _))| json!({
+            "postgres": postgres.as_ref().ok().map(|(((p50, p99), (fp50, _)), steps)| json!({
                 "nodes_100": {"p50": round(*p50), "p99": round(*p99),
                     "floor_p50": round(*fp50), "ratio": round(p50 / fp50)},
+                "steps_ms": Step::ALL
+                    .iter()
+                    .zip(steps)
+                    .map(|(step, ms)| (step.label().to_owned(), json!(round(*ms))))
+                    .collect::<serde_json::Map<_, _>>(),
                 "failover_seconds": failover.as_ref().ok().map(|s| round(*s)),
             })),
         },
