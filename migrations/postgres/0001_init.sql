@@ -1,6 +1,7 @@
 -- The PostgreSQL store: the same journal and desired state as SQLite's, for several replicas.
--- Times are timestamptz; an operation's record is its API shape as jsonb in `body`, with the
--- columns the list filters need beside it.
+-- Times are timestamptz; an operation's record is its API shape as JSON text in `body` (text,
+-- not jsonb: it is only ever read whole, and parsing it on every journal write is time on a
+-- caller's path), with the columns the list filters need beside it.
 CREATE TABLE operations (
     id          TEXT PRIMARY KEY,          -- op_<ULID>: sorts by creation time
     action      TEXT NOT NULL,
@@ -9,14 +10,14 @@ CREATE TABLE operations (
     app         TEXT,                      -- the target's app filter, if any
     created_at  TIMESTAMPTZ NOT NULL,
     updated_at  TIMESTAMPTZ NOT NULL,
-    body        JSONB NOT NULL
+    body        TEXT NOT NULL
 );
 CREATE INDEX operations_state ON operations (state, id);
 CREATE INDEX operations_ip ON operations (ip, id);
 CREATE INDEX operations_app ON operations (app, id);
 
 -- Which instances an operation touched, for `?ip=` and `?app=` over batches and resolved apps;
--- filled from the body by the statement that journals the operation.
+-- written by the statement that journals the operation.
 CREATE TABLE operation_instances (
     operation_id TEXT NOT NULL REFERENCES operations (id) ON DELETE CASCADE,
     app          TEXT NOT NULL,

@@ -133,7 +133,7 @@ const FENCE: &str = "fence AS (SELECT 1 FROM leadership
 
 /// The operation's record replaced, behind the fence: `$2` id, `$3` state, `$4` body.
 const UPDATE_OPERATION: &str = "updated AS (UPDATE operations SET state = $3, updated_at = now(),
-                                body = $4::jsonb FROM fence WHERE operations.id = $2 RETURNING 1)";
+                                body = $4 FROM fence WHERE operations.id = $2 RETURNING 1)";
 
 /// Holds set, behind the fence, from the arrays bound from `$first` on (seven of them).
 fn upsert_holds(first: usize) -> String {
@@ -186,6 +186,11 @@ struct HoldColumns {
     since: Vec<DateTime<Utc>>,
 }
 
+/// One field of every instance an operation touches, as an array to `unnest`.
+fn column<T>(operation: &Operation, field: impl Fn(&crate::domain::InstanceResult) -> T) -> Vec<T> {
+    operation.instances.iter().map(field).collect()
+}
+
 fn key_columns(keys: &[InstanceKey]) -> (Vec<String>, Vec<String>) {
     keys.iter()
         .map(|k| (k.app.as_str().to_owned(), k.instance_id.to_string()))
@@ -231,12 +236,13 @@ impl Store for PgStore {
             "WITH {FENCE},
              op AS (
                  INSERT INTO operations (id, action, state, ip, app, created_at, updated_at, body)
-                 SELECT $2, $3, $4, $5, $6, $7, now(), $8::jsonb FROM fence
-                 RETURNING id, body),
+                 SELECT $2, $3, $4, $5, $6, $7, now(), $8 FROM fence
+                 RETURNING id),
              touched AS (
                  INSERT INTO operation_instances (operation_id, app, instance_id, ip, port)
-                 SELECT op.id, e->>'app', e->>'instanceId', e->>'ip', (e->>'port')::integer
-                 FROM op, jsonb_array_elements(op.body->'instances') AS e),
+                 SELECT op.id, i.app, i.instance_id, i.ip, i.port
+                 FROM op, unnest($12::text[], $13::text[], $14::text[], $15::integer[])
+                      AS i(app, instance_id, ip, port)),
              keyed AS (
                  INSERT INTO idempotency_keys (principal, key, fingerprint, operation_id, created_at)
                  SELECT $9, $10, $11, op.id, $7 FROM op WHERE $9::text IS NOT NULL
@@ -255,7 +261,11 @@ impl Store for PgStore {
             .bind(&body)
             .bind(key.map(|k| k.principal.as_str()))
             .bind(key.map(|k| k.key.as_str()))
-            .bind(key.map(|k| k.fingerprint.as_str()));
+            .bind(key.map(|k| k.fingerprint.as_str()))
+            .bind(column(operation, |i| i.app.as_str().to_owned()))
+            .bind(column(operation, |i| i.instance_id.clone()))
+            .bind(column(operation, |i| i.ip.to_string()))
+            .bind(column(operation, |i| i32::from(i.port)));
         self.fenced_write(query, &format!("operation {}", operation.id))
             .await
     }
@@ -324,7 +334,7 @@ impl Store for PgStore {
     }
 
     async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
-        let row = sqlx::query("SELECT body::text AS body FROM operations WHERE id = $1")
+        let row = sqlx::query("SELECT body FROM operations WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
@@ -333,7 +343,7 @@ impl Store for PgStore {
 
     async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError> {
         let rows = sqlx::query(
-            "SELECT o.body::text AS body FROM operations o
+            "SELECT o.body FROM operations o
              WHERE ($1::text IS NULL OR o.state = $1)
                AND ($2::text IS NULL OR o.id IN (
                      SELECT id FROM operations WHERE ip = $2
@@ -380,11 +390,10 @@ impl Store for PgStore {
     }
 
     async fn unfinished_operations(&self) -> Result<Vec<Operation>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT body::text AS body FROM operations WHERE state = 'in_progress' ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT body FROM operations WHERE state = 'in_progress' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|row| decode_operation(row.get("body")))
             .collect()

@@ -181,12 +181,13 @@ async fn after_kill_9_of_the_leader_mid_fan_out_the_other_replica_finishes_it() 
         || {
             let (journal, id, answered) = (&journal, id.clone(), answered.clone());
             async move {
-                let nodes: Option<Value> =
-                    sqlx::query_scalar("SELECT body->'gateways' FROM operations WHERE id = $1")
-                        .bind(&id)
-                        .fetch_optional(journal)
-                        .await
-                        .unwrap();
+                let nodes: Option<Value> = sqlx::query_scalar(
+                    "SELECT body::jsonb->'gateways' FROM operations WHERE id = $1",
+                )
+                .bind(&id)
+                .fetch_optional(journal)
+                .await
+                .unwrap();
                 nodes.is_some_and(|nodes| {
                     nodes
                         .as_array()
