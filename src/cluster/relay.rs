@@ -147,18 +147,7 @@ async fn metrics(State(state): State<RelayState>) -> Response {
 
 /// The caller's address as this replica judges it (trusted proxies and all), or the refusal.
 fn judge(policy: &CallerPolicy, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, ApiError> {
-    let mut forwarded = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        forwarded.push(value.to_str().map_err(|_| {
-            ApiError::bad_request(
-                "bad_forwarded_for",
-                "X-Forwarded-For is not printable ASCII",
-            )
-        })?);
-    }
-    let addr = policy
-        .client_addr(peer, &forwarded)
-        .map_err(|e| ApiError::bad_request("bad_forwarded_for", e.to_string()))?;
+    let addr = crate::http::client_addr(policy, peer, headers)?;
     policy.check(addr).map_err(|denied| {
         tracing::warn!(caller = %addr, peer = %peer, "caller refused: {denied}");
         ApiError::Forbidden(format!(

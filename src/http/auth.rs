@@ -13,6 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::cluster::relay;
 use crate::domain::Caller;
+use crate::domain::policy::CallerPolicy;
 
 pub async fn authorize(
     State(state): State<AppState>,
@@ -43,7 +44,7 @@ fn identify(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<C
     let addr = match relayed_for(state, headers) {
         // The follower judged the caller's address where its connection arrived.
         Some(addr) => addr,
-        None => forwarded_client(state, peer, headers)?,
+        None => client_addr(&security.policy, peer.ip(), headers)?,
     };
     security.policy.check(addr).map_err(|denied| {
         // The range that denied it is the operators' business: the log has it, the caller
@@ -56,10 +57,11 @@ fn identify(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<C
     authenticate(state, addr, headers)
 }
 
-/// The TCP peer, or the client a trusted proxy forwarded for.
-fn forwarded_client(
-    state: &AppState,
-    peer: SocketAddr,
+/// The TCP peer, or the client a trusted proxy forwarded for (`X-Forwarded-For`). Also the
+/// follower's judgement of a call it relays (`cluster::relay`).
+pub(crate) fn client_addr(
+    policy: &CallerPolicy,
+    peer: IpAddr,
     headers: &HeaderMap,
 ) -> Result<IpAddr, ApiError> {
     let mut forwarded = Vec::new();
@@ -71,10 +73,8 @@ fn forwarded_client(
             )
         })?);
     }
-    state
-        .security
-        .policy
-        .client_addr(peer.ip(), &forwarded)
+    policy
+        .client_addr(peer, &forwarded)
         .map_err(|e| ApiError::bad_request("bad_forwarded_for", e.to_string()))
 }
 

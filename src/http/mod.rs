@@ -54,6 +54,7 @@ pub struct ClusterRole {
     pub replica: Arc<str>,
 }
 
+pub(crate) use auth::client_addr;
 pub use body::BodyLimits;
 
 pub fn router(state: AppState) -> Router {

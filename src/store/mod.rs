@@ -28,6 +28,23 @@ pub enum StoreError {
     Fenced { held: i64, current: i64 },
 }
 
+/// An operation's record as both stores keep it: its API shape, as JSON text.
+fn encode_operation(operation: &Operation) -> Result<String, StoreError> {
+    serde_json::to_string(operation)
+        .map_err(|e| StoreError::Corrupt(format!("operation does not serialize: {e}")))
+}
+
+fn decode_operation(body: &str) -> Result<Operation, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("operation: {e}")))
+}
+
+fn decode_key(app: &str, instance_id: String) -> Result<InstanceKey, StoreError> {
+    Ok(InstanceKey {
+        app: AppName::parse(app).map_err(|e| StoreError::Corrupt(format!("app '{app}': {e}")))?,
+        instance_id: instance_id.into(),
+    })
+}
+
 /// What a registry step makes synchspeed keep its word on.
 #[derive(Debug, Clone)]
 pub enum DesiredState {

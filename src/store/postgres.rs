@@ -14,7 +14,10 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::{DesiredState, IdempotencyKey, OperationFilter, Store, StoreError};
+use super::{
+    DesiredState, IdempotencyKey, OperationFilter, Store, StoreError, decode_key, decode_operation,
+    encode_operation,
+};
 use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, OperationState, Status};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -195,22 +198,6 @@ fn key_columns(keys: &[InstanceKey]) -> (Vec<String>, Vec<String>) {
     keys.iter()
         .map(|k| (k.app.as_str().to_owned(), k.instance_id.to_string()))
         .unzip()
-}
-
-fn encode_operation(operation: &Operation) -> Result<String, StoreError> {
-    serde_json::to_string(operation)
-        .map_err(|e| StoreError::Corrupt(format!("operation does not serialize: {e}")))
-}
-
-fn decode_operation(body: &str) -> Result<Operation, StoreError> {
-    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("operation: {e}")))
-}
-
-fn decode_key(app: &str, instance_id: String) -> Result<InstanceKey, StoreError> {
-    Ok(InstanceKey {
-        app: AppName::parse(app).map_err(|e| StoreError::Corrupt(format!("app '{app}': {e}")))?,
-        instance_id: instance_id.into(),
-    })
 }
 
 #[async_trait]

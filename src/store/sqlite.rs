@@ -11,7 +11,10 @@ use chrono::Utc;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use super::{DesiredState, IdempotencyKey, OperationFilter, Store, StoreError};
+use super::{
+    DesiredState, IdempotencyKey, OperationFilter, Store, StoreError, decode_key, decode_operation,
+    encode_operation,
+};
 use crate::domain::operation::millis;
 use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, OperationState, Status};
 
@@ -150,22 +153,6 @@ async fn probe_write(writer: &SqlitePool) -> Result<(), StoreError> {
         .execute(writer)
         .await?;
     Ok(())
-}
-
-fn encode_operation(operation: &Operation) -> Result<String, StoreError> {
-    serde_json::to_string(operation)
-        .map_err(|e| StoreError::Corrupt(format!("operation does not serialize: {e}")))
-}
-
-fn decode_operation(body: &str) -> Result<Operation, StoreError> {
-    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("operation: {e}")))
-}
-
-fn decode_key(app: &str, instance_id: String) -> Result<InstanceKey, StoreError> {
-    Ok(InstanceKey {
-        app: AppName::parse(app).map_err(|e| StoreError::Corrupt(format!("app '{app}': {e}")))?,
-        instance_id: instance_id.into(),
-    })
 }
 
 /// Replaces the record of a journaled operation.
