@@ -45,6 +45,16 @@ fn decode_key(app: &str, instance_id: String) -> Result<InstanceKey, StoreError>
     })
 }
 
+/// One row of [`Store::last_operation_ids`].
+fn decode_last_operation(ip: String, id: String) -> Result<(IpAddr, OperationId), StoreError> {
+    Ok((
+        ip.parse()
+            .map_err(|e| StoreError::Corrupt(format!("operation ip '{ip}': {e}")))?,
+        id.parse()
+            .map_err(|e| StoreError::Corrupt(format!("operation id: {e}")))?,
+    ))
+}
+
 /// What a registry step makes synchspeed keep its word on.
 #[derive(Debug, Clone)]
 pub enum DesiredState {

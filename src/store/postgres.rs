@@ -15,8 +15,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::{
-    DesiredState, IdempotencyKey, OperationFilter, Store, StoreError, decode_key, decode_operation,
-    encode_operation,
+    DesiredState, IdempotencyKey, OperationFilter, Store, StoreError, decode_key,
+    decode_last_operation, decode_operation, encode_operation,
 };
 use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, OperationState, Status};
 
@@ -363,16 +363,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|row| {
-                let ip: String = row.get("ip");
-                let id: String = row.get("id");
-                Ok((
-                    ip.parse()
-                        .map_err(|e| StoreError::Corrupt(format!("operation ip '{ip}': {e}")))?,
-                    id.parse()
-                        .map_err(|e| StoreError::Corrupt(format!("operation id: {e}")))?,
-                ))
-            })
+            .map(|row| decode_last_operation(row.get("ip"), row.get("id")))
             .collect()
     }
 
