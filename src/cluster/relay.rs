@@ -67,6 +67,8 @@ pub struct RelayState {
 pub fn relay_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // The answer goes back to the caller as the leader wrote it, encoding and all.
+        .no_gzip()
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
@@ -162,9 +164,11 @@ async fn relay(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
+    // The caller's id when it is sane (the leader judges it the same way), else a new one.
     let id = request
         .headers()
         .get(REQUEST_ID)
+        .filter(|value| crate::http::acceptable_request_id(value))
         .cloned()
         .unwrap_or_else(|| {
             HeaderValue::from_str(&ulid::Ulid::new().to_string())

@@ -56,6 +56,7 @@ pub struct ClusterRole {
 
 pub(crate) use auth::client_addr;
 pub use body::BodyLimits;
+pub(crate) use observe::acceptable as acceptable_request_id;
 
 pub fn router(state: AppState) -> Router {
     // Everything under /api/v1 but the OpenAPI document is for allowed callers only.

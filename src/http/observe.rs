@@ -63,7 +63,7 @@ fn method_label(method: &Method) -> &'static str {
 
 /// A caller-supplied id is kept only if it is short and plain, so a hostile header cannot
 /// flood or forge log lines.
-fn acceptable(value: &HeaderValue) -> bool {
+pub(crate) fn acceptable(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 64
