@@ -460,24 +460,8 @@ async fn sql_groups_run(
     groups: &[(String, String)],
 ) -> Result<(f64, f64, Vec<f64>), String> {
     use sqlx::{AssertSqlSafe, Connection};
-    let admin = "postgres://postgres@127.0.0.1:5432";
     let failed = |what: &str, e: sqlx::Error| format!("{what}: {e}");
-    let mut conn = sqlx::PgConnection::connect(&format!("{admin}/postgres"))
-        .await
-        .map_err(|e| failed("no PostgreSQL on 127.0.0.1:5432", e))?;
-    let name = format!("synchspeed_bench_{}", std::process::id());
-    // One statement each: CREATE DATABASE cannot run inside the implicit transaction of a
-    // multi-statement query.
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::raw_sql(AssertSqlSafe(statement))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| failed("creating the bench's database", e))?;
-    }
-    let url = format!("{admin}/{name}");
+    let (conn, url, name) = bench_database("groups").await?;
     let mut table = sqlx::PgConnection::connect(&url)
         .await
         .map_err(|e| failed("connecting to the bench's database", e))?;
@@ -503,8 +487,7 @@ async fn sql_groups_run(
     let (p50, p99) = latency(&drain).await;
     let steps = step_means(&before, &step_totals(&service).await);
     drop(service);
-    let drop_db = AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-    let _ = sqlx::raw_sql(drop_db).execute(&mut conn).await;
+    drop_database(conn, &name).await;
     Ok((p50, p99, steps))
 }
 
@@ -516,6 +499,8 @@ async fn bench_database(purpose: &str) -> Result<(sqlx::PgConnection, String, St
         .await
         .map_err(|e| format!("no PostgreSQL on 127.0.0.1:5432: {e}"))?;
     let name = format!("synchspeed_bench_{purpose}_{}", std::process::id());
+    // One statement each: CREATE DATABASE cannot run inside the implicit transaction of a
+    // multi-statement query.
     for statement in [
         format!("DROP DATABASE IF EXISTS {name}"),
         format!("CREATE DATABASE {name}"),

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::error;
 
-use super::{LeaderParts, lead};
+use super::leader::{LeaderParts, lead};
 use crate::cluster::Election;
 use crate::config::ClusterSettings;
 use crate::drain::Orchestrator;

@@ -256,9 +256,17 @@ async fn a_gateway_group_follows_its_nodes_going_down_and_coming_up() {
         .post("/api/v1/instances/10.0.0.5/offline?wait=true")
         .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(node_addresses(&response.json().await.unwrap()), expected);
-    assert_eq!(b.received().len(), 2, "the DOWN node hears nothing more");
-    assert_eq!(c.received().len(), 1);
+    let operation: Value = response.json().await.unwrap();
+    assert_eq!(node_addresses(&operation), expected);
+    // By operation, not by request: on a loaded machine an acknowledgement slower than the
+    // node timeout is retried, and the node records the same notification twice.
+    let told = |node: &GatewayNode| {
+        node.received()
+            .iter()
+            .any(|r| r.body["operationId"] == operation["id"])
+    };
+    assert!(!told(&b), "the DOWN node hears nothing more");
+    assert!(told(&c));
     assert!(fleet.down_node.received().is_empty());
 }
 

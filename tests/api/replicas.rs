@@ -22,6 +22,21 @@ fn replica(config: &TestConfig, db: &StoreDb, name: &str) -> TestConfig {
         .cluster(&format!("replica = \"{name}\"\nlease = \"3s\""))
 }
 
+/// ORDER-SERVICE routed to one group, EDGE, of these nodes.
+fn edge(eureka: &EurekaDouble, nodes: Vec<String>) -> TestConfig {
+    TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .nodes("EDGE", nodes)
+}
+
+/// Replica A, once it leads, and replica B following it.
+async fn leader_and_follower(config: &TestConfig, db: &StoreDb) -> (TestApp, TestApp) {
+    let a = TestApp::spawn_process(replica(config, db, "replica-a")).await;
+    leads(&a).await;
+    let b = TestApp::spawn_process(replica(config, db, "replica-b")).await;
+    (a, b)
+}
+
 async fn readiness(app: &TestApp) -> Value {
     app.get_json("/readyz").await
 }
@@ -43,12 +58,8 @@ async fn an_offline_on_one_replica_is_held_listed_and_keyed_on_the_other() {
     };
     let eureka = EurekaDouble::with_order_service().await;
     let node = GatewayNode::start(Behaviour::Ack).await;
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![node.address()]);
-    let a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
-    leads(&a).await;
-    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let config = edge(&eureka, vec![node.address()]);
+    let (a, b) = leader_and_follower(&config, &db).await;
     let ready = readiness(&b).await;
     assert_eq!(ready["role"], "follower", "{ready}");
     assert_eq!(ready["leader"], "replica-a", "{ready}");
@@ -121,13 +132,8 @@ async fn an_online_on_the_follower_during_an_offline_fan_out_on_the_leader_runs_
     };
     let eureka = EurekaDouble::with_order_service().await;
     let node = GatewayNode::start(Behaviour::Slow(400)).await;
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![node.address()])
-        .gateway("timeout = \"5s\"\nattempts = 1");
-    let a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
-    leads(&a).await;
-    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let config = edge(&eureka, vec![node.address()]).gateway("timeout = \"5s\"\nattempts = 1");
+    let (a, b) = leader_and_follower(&config, &db).await;
 
     let offline = a.post(&format!("/api/v1/instances/{IP}/offline")).await;
     assert_eq!(offline.status(), 202);
@@ -161,13 +167,9 @@ async fn after_kill_9_of_the_leader_mid_fan_out_the_other_replica_finishes_it() 
     let eureka = EurekaDouble::with_order_service().await;
     let hanging = GatewayNode::start(Behaviour::Hang).await;
     let answering = GatewayNode::start(Behaviour::Ack).await;
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![hanging.address(), answering.address()])
+    let config = edge(&eureka, vec![hanging.address(), answering.address()])
         .gateway("timeout = \"60s\"\nattempts = 1");
-    let mut a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
-    leads(&a).await;
-    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let (mut a, b) = leader_and_follower(&config, &db).await;
 
     let response = b.post(&format!("/api/v1/instances/{IP}/offline")).await;
     assert_eq!(response.status(), 202);
@@ -237,13 +239,8 @@ async fn a_leader_paused_past_its_lease_is_replaced_and_continued_writes_nothing
     };
     let eureka = EurekaDouble::with_order_service().await;
     let node = GatewayNode::start(Behaviour::Gated).await;
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![node.address()])
-        .gateway("timeout = \"60s\"\nattempts = 1");
-    let mut a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
-    leads(&a).await;
-    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let config = edge(&eureka, vec![node.address()]).gateway("timeout = \"60s\"\nattempts = 1");
+    let (mut a, b) = leader_and_follower(&config, &db).await;
 
     // A's fan-out waits on the node when A is paused.
     let operation: Value = a
@@ -298,13 +295,8 @@ async fn one_reconciler_re_asserts_an_overwrite_once_whichever_replica_took_the_
     };
     let eureka = EurekaDouble::with_order_service().await;
     let node = GatewayNode::start(Behaviour::Ack).await;
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![node.address()])
-        .drain("reconcile_every = \"200ms\"");
-    let a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
-    leads(&a).await;
-    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let config = edge(&eureka, vec![node.address()]).drain("reconcile_every = \"200ms\"");
+    let (a, b) = leader_and_follower(&config, &db).await;
     let offline = b
         .post(&format!("/api/v1/instances/{IP}/offline?wait=true"))
         .await;
@@ -340,7 +332,10 @@ async fn reconcile_runs(app: &TestApp) -> u64 {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix("synchspeed_reconcile_runs_total "))
-        .map_or(0, |value| value.trim().parse().unwrap())
+        .expect("every replica exposes the reconciler's counter")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -351,9 +346,7 @@ async fn postgresql_gone_for_less_than_the_lease_costs_only_the_calls_made_meanw
     let proxy = TcpProxy::start(db.server_addr()).await;
     let eureka = EurekaDouble::with_order_service().await;
     let node = GatewayNode::start(Behaviour::Ack).await;
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![node.address()])
+    let config = edge(&eureka, vec![node.address()])
         .postgres(&db.url_through(proxy.addr))
         .store("connect_timeout = \"1s\"\nstatement_timeout = \"1s\"")
         .cluster("replica = \"replica-a\"\nlease = \"8s\"");
@@ -414,9 +407,7 @@ async fn a_follower_relays_tokens_streams_and_caller_addresses_as_one_service() 
              trusted_proxies = [\"127.0.0.1\"]\n\
              tokens = [{{ principal = \"deployer\", token = \"{TOKEN}\" }}]"
         ));
-    let a = TestApp::spawn_process(replica(&config, &db, "replica-a")).await;
-    leads(&a).await;
-    let b = TestApp::spawn_process(replica(&config, &db, "replica-b")).await;
+    let (a, b) = leader_and_follower(&config, &db).await;
     let offline_url = b.url(&format!("/api/v1/instances/{IP}/offline?wait=true"));
 
     // The token is the leader's to check: none is a 401, relayed as it is.
@@ -498,9 +489,7 @@ async fn a_leader_stopped_cleanly_hands_over_at_once_not_at_the_end_of_its_lease
     let eureka = EurekaDouble::with_order_service().await;
     let node = GatewayNode::start(Behaviour::Ack).await;
     // A lease longer than `eventually` waits: only a lease given up is taken over in time.
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![node.address()]);
+    let config = edge(&eureka, vec![node.address()]);
     let long_lease = |name: &str| {
         config
             .clone()
