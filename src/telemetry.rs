@@ -14,12 +14,20 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
 
+/// The most the Nacos SDK may log.
+const NACOS_SDK_CAP: &str = "nacos_sdk=info";
+
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `log.level`.
 /// Calling it twice is harmless (the second call keeps the first subscriber).
 pub fn init_tracing(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The Nacos SDK logs its login, password included, at debug: never past info, whatever
+    // `RUST_LOG` says (a directive for the same target replaces the user's).
+    if let Ok(cap) = NACOS_SDK_CAP.parse() {
+        filter = filter.add_directive(cap);
+    }
     let colour = colour_wanted(
         std::io::stdout().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::Leadership;
-use crate::domain::{AppName, Instance, InstanceKey, PeerResult, Status};
+use crate::domain::{Action, AppName, Instance, InstanceKey, PeerResult, Status};
 use crate::gateway::{Delivery, GatewayNode, Notification, Notifier, Progress};
 use crate::registry::{Observed, Registry, RegistryError, Sighting, StatusChange};
 
@@ -76,6 +76,18 @@ impl Registry for FencedRegistry {
 
     async fn sightings(&self, key: &InstanceKey, ip: IpAddr) -> Vec<(String, Sighting)> {
         self.inner.sightings(key, ip).await
+    }
+
+    fn operator_state_outlives_instance(&self) -> Option<Duration> {
+        self.inner.operator_state_outlives_instance()
+    }
+
+    fn placement(&self, instance_id: &str) -> Option<(String, String)> {
+        self.inner.placement(instance_id)
+    }
+
+    fn plan_warnings(&self, action: Action, instances: &[Instance]) -> Vec<String> {
+        self.inner.plan_warnings(action, instances)
     }
 }
 

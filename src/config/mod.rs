@@ -11,6 +11,7 @@ mod cluster;
 mod drain;
 mod gateway;
 mod groups;
+mod nacos;
 mod registry;
 mod security;
 mod server;
@@ -28,6 +29,7 @@ pub use cluster::ClusterSettings;
 pub use drain::DrainSettings;
 pub use gateway::{GatewaySettings, HaproxyOfflineState, HaproxySettings, NotifierKind};
 pub use groups::{GroupsSettings, SqlDialect, SqlGroupsSettings};
+pub use nacos::{NacosApi, NacosSettings};
 pub use registry::{
     EurekaSettings, FileRegistrySettings, PASSWORD_REDACTED, RedactedUrl, RegistrySettings,
     ZookeeperSettings,

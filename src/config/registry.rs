@@ -13,6 +13,7 @@ pub enum RegistrySettings {
     Eureka(EurekaSettings),
     Zookeeper(ZookeeperSettings),
     File(FileRegistrySettings),
+    Nacos(super::nacos::NacosSettings),
 }
 
 impl RegistrySettings {
@@ -21,6 +22,7 @@ impl RegistrySettings {
             RegistrySettings::Eureka(_) => "eureka",
             RegistrySettings::Zookeeper(_) => "zookeeper",
             RegistrySettings::File(_) => "file",
+            RegistrySettings::Nacos(_) => "nacos",
         }
     }
 }
@@ -119,7 +121,7 @@ pub(super) fn redact_url_password<S: serde::Serializer>(
     serializer.serialize_str(&RedactedUrl::new(url).to_string())
 }
 
-fn redact_url_passwords<S: serde::Serializer>(
+pub(super) fn redact_url_passwords<S: serde::Serializer>(
     urls: &[String],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -138,6 +140,7 @@ pub(super) struct RawRegistry {
     eureka: RawEureka,
     zookeeper: RawZookeeper,
     file: RawFile,
+    nacos: super::nacos::RawNacos,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -190,13 +193,10 @@ impl RawRegistry {
                 refresh: positive_duration("registry.file.refresh", &self.file.refresh)?,
             })),
             "zookeeper" => self.zookeeper.validate().map(RegistrySettings::Zookeeper),
-            "nacos" => Err(invalid(
-                "registry.kind",
-                "'nacos' is not supported by this version yet (eureka, zookeeper, file)",
-            )),
+            "nacos" => self.nacos.validate().map(RegistrySettings::Nacos),
             other => Err(invalid(
                 "registry.kind",
-                format!("'{other}' is not a registry kind (eureka, zookeeper, file)"),
+                format!("'{other}' is not a registry kind (eureka, zookeeper, nacos, file)"),
             )),
         }
     }

@@ -201,6 +201,7 @@ fn a_file_replaces_lists_rather_than_adding_to_the_defaults() {
 const SECRETS: &str = "[security]\ntokens = [\"bare-secret-0123456789\", { principal = \"ci\", token = \"named-secret-0123456789\" }]\n\
     [gateway]\nsecret = \"hmac-secret-0123456789\"\n\
     [registry]\nkind = \"eureka\"\n[registry.eureka]\nurls = [\"http://user:url-password-0123@eureka:8761/eureka\"]\n\
+    [registry.nacos]\nservers = [\"http://nacos:nacos-url-pw-0123@nacos:8848/nacos\"]\npassword = \"nacos-password-0123\"\n\
     [store]\nurl = \"sqlite://data/store.db\"";
 
 fn assert_no_secret(text: &str) {
@@ -209,9 +210,50 @@ fn assert_no_secret(text: &str) {
         "named-secret-0123456789",
         "hmac-secret-0123456789",
         "url-password-0123",
+        "nacos-url-pw-0123",
+        "nacos-password-0123",
     ] {
         assert!(!text.contains(secret), "{secret} shows in:\n{text}");
     }
+}
+
+#[test]
+fn a_nacos_registry_takes_its_documented_defaults_and_hides_its_password() {
+    let settings = Settings::from_toml(
+        "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [\"http://n1:8848/nacos/\", \"http://n2:8848/nacos\"]\n\
+         username = \"nacos\"\npassword = \"nacos-password-0123\"",
+    )
+    .unwrap();
+    let RegistrySettings::Nacos(nacos) = &settings.registry else {
+        panic!("a nacos registry, got {:?}", settings.registry);
+    };
+    assert_eq!(nacos.servers[0].as_str(), "http://n1:8848/nacos");
+    assert_eq!(nacos.namespace, "public");
+    assert_eq!(nacos.groups, ["DEFAULT_GROUP"]);
+    assert_eq!(nacos.clusters, ["DEFAULT"]);
+    assert_eq!(nacos.api, crate::config::NacosApi::Auto);
+    assert_eq!(nacos.refresh, Duration::from_secs(1));
+    assert_eq!(nacos.timeout, Duration::from_secs(3));
+    assert_eq!(nacos.sweep_per_second, 5);
+    assert!(nacos.push);
+    assert_eq!(nacos.grpc_port, None);
+    assert_no_secret(&format!("{settings:?}"));
+    assert_eq!(
+        error_key("[registry]\nkind = \"nacos\""),
+        "registry.nacos.servers"
+    );
+    assert_eq!(
+        error_key(
+            "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [\"http://n1:8848/nacos\"]\napi = \"v2\""
+        ),
+        "registry.nacos.api"
+    );
+    assert_eq!(
+        error_key(
+            "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [\"http://n1:8848/nacos\"]\nusername = \"nacos\""
+        ),
+        "registry.nacos.username"
+    );
 }
 
 #[test]

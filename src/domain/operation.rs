@@ -213,6 +213,12 @@ pub struct InstanceResult {
     /// The status the registry reported before this operation.
     pub status_before: Status,
     pub registered_at: Option<i64>,
+    /// The registry's group of the instance, where it has groups (Nacos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The registry's cluster of the instance, where it has clusters (Nacos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     pub registry: RegistryStep,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerResult>,
@@ -228,6 +234,8 @@ impl InstanceResult {
             port: instance.port,
             status_before: instance.status,
             registered_at: instance.registered_at,
+            group: None,
+            cluster: None,
             registry: RegistryStep::Planned,
             peers: Vec::new(),
             error: None,

@@ -25,7 +25,7 @@ impl Orchestrator {
         if request.dry_run {
             let plan = self.plan(&request.targets).await?;
             let guard = self.guard(&request, &plan).await?;
-            let mut operation = new_operation(&request, &plan, self.replica.as_deref());
+            let mut operation = self.operation_for(&request, &plan);
             operation.state = OperationState::Planned;
             // What the guard would say, as a warning: a dry run refuses nothing.
             operation
@@ -78,7 +78,7 @@ impl Orchestrator {
         if !guard.is_empty() && !request.force {
             return Err(DrainError::MinUp(guard.join("; ")));
         }
-        let mut operation = new_operation(&request, &plan, self.replica.as_deref());
+        let mut operation = self.operation_for(&request, &plan);
         operation.warnings.extend(
             guard
                 .into_iter()
@@ -146,6 +146,22 @@ impl Orchestrator {
             return Ok(Vec::new());
         }
         self.min_up_violations(plan).await
+    }
+
+    /// The operation record for a plan, with what the registry adds: where each instance
+    /// sits in it (Nacos group and cluster) and its warnings.
+    fn operation_for(&self, request: &DrainRequest, plan: &Plan) -> Operation {
+        let mut operation = new_operation(request, plan, self.replica.as_deref());
+        for instance in &mut operation.instances {
+            if let Some((group, cluster)) = self.registry.placement(&instance.instance_id) {
+                instance.group = Some(group);
+                instance.cluster = Some(cluster);
+            }
+        }
+        operation
+            .warnings
+            .extend(self.registry.plan_warnings(request.action, &plan.instances));
+        operation
     }
 
     async fn plan(&self, targets: &[Target]) -> Result<Plan, DrainError> {

@@ -95,6 +95,15 @@ pub struct Orchestrator {
     /// change, a peer back, the periodic pass): one loss is corrected once, and an instance
     /// that keeps reverting less and less often.
     reassertions: Mutex<backoff::Backoffs<crate::domain::InstanceKey>>,
+    /// Holds that ended because their instance departed, in a registry that keeps
+    /// synchspeed's offline for a while after (Nacos): a new registration on the same
+    /// IP:port of the same app until then comes up disabled, and is enabled again.
+    departed: Mutex<
+        std::collections::HashMap<
+            (std::net::IpAddr, u16, crate::domain::AppName),
+            tokio::time::Instant,
+        >,
+    >,
     /// The latest dry runs, so that a planned operation's id can be fetched like any other
     /// for a while; never journaled (nothing happened).
     dry_runs: Mutex<std::collections::VecDeque<Operation>>,
@@ -169,6 +178,7 @@ impl Orchestrator {
             recheck: tokio::sync::Notify::new(),
             grace_over: tokio_util::sync::CancellationToken::new(),
             reassertions: Mutex::default(),
+            departed: Mutex::default(),
             events: Arc::default(),
         })
     }

@@ -87,7 +87,7 @@ pub async fn keep_held_offline(
 
 async fn check(orchestrator: &Orchestrator, instance: &Instance) {
     if instance.status == Status::OutOfService {
-        return;
+        return reenable_if_left_over(orchestrator, instance).await;
     }
     let by_time = orchestrator.registry.registration_time_identifies_process();
     let Some(hold) = orchestrator
@@ -116,6 +116,70 @@ async fn check(orchestrator: &Orchestrator, instance: &Instance) {
         .map(|(peer, _)| peer.as_str())
         .collect();
     reassert(orchestrator, &lost, &peers.join(", "), Trigger::Change).await;
+}
+
+/// A registration that comes up disabled on the IP:port of a hold that ended when its
+/// instance departed, within the time the registry keeps synchspeed's offline after an
+/// instance is gone (Nacos's operator layer, ~60 s): the offline was for the old process,
+/// and the new one would never receive traffic. Enabled again, as an operation of its own.
+async fn reenable_if_left_over(orchestrator: &Orchestrator, instance: &Instance) {
+    if orchestrator
+        .registry
+        .operator_state_outlives_instance()
+        .is_none()
+    {
+        return;
+    }
+    let slot = (instance.ip, instance.port, instance.app.clone());
+    let left_over = {
+        let mut departed = crate::sync::lock(&orchestrator.departed);
+        let now = tokio::time::Instant::now();
+        departed.retain(|_, until| *until > now);
+        departed.remove(&slot).is_some()
+    };
+    if !left_over {
+        return;
+    }
+    let by_time = orchestrator.registry.registration_time_identifies_process();
+    if orchestrator
+        .holds_on(instance.ip)
+        .iter()
+        .any(|hold| hold.is_of(instance, by_time))
+    {
+        // Held again meanwhile (an offline of the new registration): it stays out.
+        return;
+    }
+    warn!(app = %instance.app, instance = %instance.instance_id, ip = %instance.ip, port = instance.port,
+        "a new registration came up disabled by the offline of the instance that left this IP:port; enabling it");
+    let request = DrainRequest {
+        action: Action::Online,
+        targets: vec![Target {
+            ip: instance.ip,
+            port: Some(instance.port),
+            app: Some(instance.app.clone()),
+        }],
+        reason: Some(format!(
+            "re-enabled: {} {} registered disabled, the offline left over from the instance whose hold ended when it departed",
+            instance.app, instance.instance_id
+        )),
+        caller: Caller {
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            principal: Some(RECONCILER_PRINCIPAL.into()),
+        },
+        origin: Origin::Reconciler,
+        dry_run: false,
+        wait: None,
+        force: true,
+        idempotency_key: None,
+    };
+    match orchestrator.execute(request).await {
+        Ok(DrainOutcome::Accepted(operation) | DrainOutcome::Settled(operation)) => {
+            info!(operation = %operation.id, "the new registration is enabled; gateways told");
+        }
+        Ok(_) => {}
+        Err(e) => error!(app = %instance.app, instance = %instance.instance_id,
+            "cannot enable the new registration: {e}"),
+    }
 }
 
 /// A held instance the copy no longer has: every peer is asked, and the hold ends only

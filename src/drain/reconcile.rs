@@ -190,6 +190,14 @@ impl Orchestrator {
                 why: why.as_str().into(),
             })
             .inc();
+        if why == HoldEnd::Departed
+            && let Some(memory) = self.registry.operator_state_outlives_instance()
+        {
+            let now = Instant::now();
+            let mut departed = lock(&self.departed);
+            departed.retain(|_, until| *until > now);
+            departed.insert((hold.ip, hold.port, hold.app.clone()), now + memory);
+        }
         let detail = why.detail();
         if why == HoldEnd::Expired {
             warn!(app = %hold.app, instance = %hold.instance_id, ip = %hold.ip, since = %hold.since,

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod eureka;
 pub mod file;
+pub mod nacos;
 pub mod zookeeper;
 
 use std::net::IpAddr;
@@ -15,7 +16,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{AppName, Instance, InstanceKey, PeerResult, Status};
+use crate::domain::{Action, AppName, Instance, InstanceKey, PeerResult, Status};
 
 /// The error underneath a registry error, kept for code that walks `source()`.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -165,6 +166,25 @@ pub trait Registry: Send + Sync {
     /// the process). Eureka stamps a new one on every `register`, even from the same process.
     fn registration_time_identifies_process(&self) -> bool {
         false
+    }
+
+    /// How long the registry keeps what synchspeed wrote of an instance after the instance
+    /// is gone, so that a new registration on the same IP:port comes up with it (Nacos keeps
+    /// its operator layer, `enabled=false` included, about 60 s). `None`: it keeps nothing.
+    fn operator_state_outlives_instance(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The group and cluster an instance id names, where the registry has them (Nacos), to
+    /// show on an operation's instances.
+    fn placement(&self, _instance_id: &str) -> Option<(String, String)> {
+        None
+    }
+
+    /// What a caller should know of taking these instances `action` in this registry that
+    /// is no failure (Nacos: consumers that keep routing to the last instance of a service).
+    fn plan_warnings(&self, _action: Action, _instances: &[Instance]) -> Vec<String> {
+        Vec::new()
     }
 
     /// What each authority says of `key` (on `ip`) now, for the reconciler. The default reads

@@ -20,6 +20,7 @@ mod groups_sql;
 mod guard;
 mod haproxy;
 mod intent;
+mod nacos;
 mod registry;
 mod replicas;
 mod security;

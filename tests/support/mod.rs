@@ -5,6 +5,8 @@ pub mod backend;
 pub mod eureka;
 pub mod gateway;
 pub mod haproxy;
+pub mod nacos_double;
+pub mod rnacos;
 pub mod route_db;
 pub mod store_db;
 pub mod tcp_proxy;

@@ -1,0 +1,170 @@
+//! Nacos's own push, used as a trigger: a subscription over gRPC (the official Rust SDK) to
+//! every indexed service, so that a change to an enabled instance (a new one, one gone, one
+//! someone disabled, a re-registration) has the service's catalog read at once. Only the
+//! trigger is taken from the push: what it carries leaves disabled instances out, so the
+//! catalog stays what the copy is made of.
+//!
+//! The subscriptions run in a task of their own: a server without gRPC (or not answering
+//! it) costs a warning and a retry now and then, never a refresh.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nacos_sdk::api::naming::{
+    NamingChangeEvent, NamingEventListener, NamingService, NamingServiceBuilder,
+};
+use nacos_sdk::api::props::ClientProps;
+use secrecy::ExposeSecret;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::ServiceRef;
+use crate::config::NacosSettings;
+
+/// How long to wait before connecting again after a failure.
+const RETRY: Duration = Duration::from_secs(30);
+/// How long to wait before subscribing again after a subscription failed (the SDK logs in
+/// in the background: its first calls can be refused until it has).
+const RESUBSCRIBE: Duration = Duration::from_secs(2);
+
+struct Listener {
+    changed: mpsc::UnboundedSender<ServiceRef>,
+}
+
+impl NamingEventListener for Listener {
+    fn event(&self, event: Arc<NamingChangeEvent>) {
+        // The SDK names the service with or without its group prefix, depending on the path.
+        let service = event
+            .service_name
+            .split_once("@@")
+            .map_or(event.service_name.as_str(), |(_, name)| name)
+            .to_owned();
+        let _ = self.changed.send(ServiceRef {
+            group: event.group_name.clone(),
+            service,
+        });
+    }
+}
+
+/// Starts following `services` (as they are listed) until `shutdown`; each change a push
+/// announces arrives on the receiver.
+pub(super) fn spawn(
+    settings: &NacosSettings,
+    services: watch::Receiver<Vec<ServiceRef>>,
+    shutdown: CancellationToken,
+) -> mpsc::UnboundedReceiver<ServiceRef> {
+    let (changed, receiver) = mpsc::unbounded_channel();
+    let listener = Arc::new(Listener { changed });
+    tokio::spawn(follow(settings.clone(), services, listener, shutdown));
+    receiver
+}
+
+async fn follow(
+    settings: NacosSettings,
+    mut services: watch::Receiver<Vec<ServiceRef>>,
+    listener: Arc<Listener>,
+    shutdown: CancellationToken,
+) {
+    let mut naming: Option<NamingService> = None;
+    let mut subscribed: BTreeSet<ServiceRef> = BTreeSet::new();
+    loop {
+        if naming.is_none() {
+            match tokio::time::timeout(settings.timeout * 3, connect(&settings)).await {
+                Ok(Ok(connected)) => {
+                    info!("subscribed to Nacos pushes over gRPC");
+                    naming = Some(connected);
+                    subscribed.clear();
+                }
+                Ok(Err(e)) => warn!(
+                    "cannot subscribe to Nacos pushes over gRPC ({e}); the catalog is read without them, retrying in {RETRY:?}"
+                ),
+                Err(_) => warn!(
+                    "Nacos's gRPC port did not answer in time; the catalog is read without pushes, retrying in {RETRY:?}"
+                ),
+            }
+        }
+        let mut incomplete = false;
+        if let Some(naming) = &naming {
+            let wanted: Vec<ServiceRef> = services.borrow_and_update().clone();
+            for service in wanted {
+                if subscribed.contains(&service) {
+                    continue;
+                }
+                let listener: Arc<dyn NamingEventListener> = listener.clone();
+                let subscribe = naming.subscribe(
+                    service.service.clone(),
+                    Some(service.group.clone()),
+                    Vec::new(),
+                    listener,
+                );
+                match tokio::time::timeout(settings.timeout, subscribe).await {
+                    Ok(Ok(())) => {
+                        subscribed.insert(service);
+                    }
+                    Ok(Err(e)) => {
+                        warn!(service = %service.service, group = %service.group, "cannot subscribe, retrying in {RESUBSCRIBE:?}: {e}");
+                        incomplete = true;
+                        break;
+                    }
+                    Err(_) => {
+                        warn!(service = %service.service, group = %service.group, "a subscription did not answer in time, retrying in {RESUBSCRIBE:?}");
+                        incomplete = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let wait = if naming.is_none() {
+            Some(RETRY)
+        } else if incomplete {
+            Some(RESUBSCRIBE)
+        } else {
+            None
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = services.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+        }
+    }
+}
+
+async fn connect(settings: &NacosSettings) -> Result<NamingService, nacos_sdk::api::error::Error> {
+    let servers: Vec<String> = settings
+        .servers
+        .iter()
+        .filter_map(|url| {
+            Some(format!(
+                "{}:{}",
+                url.host_str()?,
+                url.port_or_known_default()?
+            ))
+        })
+        .collect();
+    let mut props = ClientProps::new()
+        .server_addr(servers.join(","))
+        .namespace(settings.namespace.clone())
+        .app_name("synchspeed")
+        // An empty push is a change too: the last enabled instance disabled or gone.
+        .naming_push_empty_protection(false)
+        // The SDK keeps a copy of every service on disk; the temporary folder keeps it off
+        // a read-only root.
+        .cache_dir(std::env::temp_dir().join(format!("synchspeed-nacos-{}", std::process::id())))
+        // Read from this configuration only, not from NACOS_* variables.
+        .env_first(false);
+    if let Some(port) = settings.grpc_port {
+        props = props.remote_grpc_port(port);
+    }
+    let mut builder = NamingServiceBuilder::new(match (&settings.username, &settings.password) {
+        (Some(username), Some(password)) => props
+            .auth_username(username.clone())
+            .auth_password(password.expose_secret().to_owned()),
+        _ => props,
+    });
+    if settings.username.is_some() {
+        builder = builder.enable_auth_plugin_http();
+    }
+    builder.build().await
+}
