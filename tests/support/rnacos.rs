@@ -200,7 +200,7 @@ impl Rnacos {
             .namespace("")
             .app_name("synchspeed-test")
             .env_first(false)
-            .cache_dir(std::env::temp_dir().join(format!("synchspeed-test-nacos-{}", self.port)));
+            .cache_dir(self._dir.path().join("sdk-cache"));
         let mut auth = false;
         if let Some((username, password)) = &self.auth {
             props = props

@@ -8,6 +8,7 @@
 //! it) costs a warning and a retry now and then, never a refresh.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,11 +68,12 @@ async fn follow(
     listener: Arc<Listener>,
     shutdown: CancellationToken,
 ) {
+    let cache_dir = sdk_cache_dir();
     let mut naming: Option<NamingService> = None;
     let mut subscribed: BTreeSet<ServiceRef> = BTreeSet::new();
     loop {
         if naming.is_none() {
-            match tokio::time::timeout(settings.timeout * 3, connect(&settings)).await {
+            match tokio::time::timeout(settings.timeout * 3, connect(&settings, &cache_dir)).await {
                 Ok(Ok(connected)) => {
                     info!("subscribed to Nacos pushes over gRPC");
                     naming = Some(connected);
@@ -124,14 +126,25 @@ async fn follow(
             None
         };
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = services.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => break,
+            changed = services.changed() => if changed.is_err() { break },
             _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
         }
     }
+    drop(naming);
+    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
-async fn connect(settings: &NacosSettings) -> Result<NamingService, nacos_sdk::api::error::Error> {
+/// Where the SDK keeps its copy of the services: the temporary folder keeps it off a
+/// read-only root, and it is removed at the stop.
+fn sdk_cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("synchspeed-nacos-{}", std::process::id()))
+}
+
+async fn connect(
+    settings: &NacosSettings,
+    cache_dir: &Path,
+) -> Result<NamingService, nacos_sdk::api::error::Error> {
     let servers: Vec<String> = settings
         .servers
         .iter()
@@ -149,9 +162,7 @@ async fn connect(settings: &NacosSettings) -> Result<NamingService, nacos_sdk::a
         .app_name("synchspeed")
         // An empty push is a change too: the last enabled instance disabled or gone.
         .naming_push_empty_protection(false)
-        // The SDK keeps a copy of every service on disk; the temporary folder keeps it off
-        // a read-only root.
-        .cache_dir(std::env::temp_dir().join(format!("synchspeed-nacos-{}", std::process::id())))
+        .cache_dir(cache_dir.to_path_buf())
         // Read from this configuration only, not from NACOS_* variables.
         .env_first(false);
     if let Some(port) = settings.grpc_port {
