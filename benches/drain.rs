@@ -16,6 +16,9 @@ mod eureka;
 #[path = "../tests/support/gateway.rs"]
 #[allow(dead_code)]
 mod gateway;
+#[path = "../tests/support/rnacos.rs"]
+#[allow(dead_code)]
+mod rnacos;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -123,6 +126,20 @@ async fn start_service_on(
     store_url: Option<&str>,
     extra: &str,
 ) -> Service {
+    let registry = format!(
+        "[registry]\nkind = \"eureka\"\n[registry.eureka]\nurls = [\"{}\"]\nrefresh = \"1s\"\n",
+        eureka.url()
+    );
+    start_service_with(&registry, routes, store_url, extra).await
+}
+
+/// A service on the registry `registry` (its whole `[registry]` table).
+async fn start_service_with(
+    registry: &str,
+    routes: &str,
+    store_url: Option<&str>,
+    extra: &str,
+) -> Service {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let store = store_url.map_or_else(
@@ -131,10 +148,9 @@ async fn start_service_on(
     );
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nbody_limit = 1048576\n[log]\nlevel = \"warn\"\n\
-         [security]\nallow = [\"127.0.0.0/8\"]\n[registry]\nkind = \"eureka\"\n[registry.eureka]\n\
-         urls = [\"{}\"]\nrefresh = \"1s\"\n[gateway]\ntimeout = \"2s\"\n[drain]\nmax_in_flight = 4096\n\
+         [security]\nallow = [\"127.0.0.0/8\"]\n{registry}\
+         [gateway]\ntimeout = \"2s\"\n[drain]\nmax_in_flight = 4096\n\
          wait_timeout_max = \"5m\"\n[store]\nurl = \"{store}\"\n{routes}\n{extra}",
-        eureka.url(),
     );
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).unwrap();
@@ -535,6 +551,37 @@ async fn postgres_store_run(
     Ok((measured, steps))
 }
 
+/// The 1-node offline with the registry on rnacos (a real Nacos-compatible server, the
+/// instance registered over gRPC by the SDK), for its registry step beside Eureka's. Why
+/// not, when it could not run (rnacos not installed).
+async fn nacos_run(node: &GatewayNode) -> Result<(f64, f64, Vec<f64>), String> {
+    if !rnacos::installed() {
+        return Err("rnacos is not installed (scripts/test installs it)".into());
+    }
+    let server = rnacos::Rnacos::start().await;
+    let _app = rnacos::App::register(
+        &server,
+        "svc-nacos",
+        rnacos::spring_instance("10.50.1.1", 8080, 2.0),
+    )
+    .await;
+    let registry = format!(
+        "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [\"{}\"]\n",
+        server.base()
+    );
+    let routes = format!(
+        "[groups]\nsource = \"static\"\n[groups.static]\n\"SVC-NACOS\" = [\"GW-NACOS\"]\n\
+         [gateway.nodes]\n\"GW-NACOS\" = [\"{}\"]\n",
+        node.address()
+    );
+    let service = start_service_with(&registry, &routes, None, "").await;
+    let drain = ServiceDrain::new(&service, "10.50.1.1");
+    let before = step_totals(&service).await;
+    let (p50, p99) = latency(&drain).await;
+    let steps = step_means(&before, &step_totals(&service).await);
+    Ok((p50, p99, steps))
+}
+
 /// Two replicas on PostgreSQL with the default lease: the leader is killed (kill -9) while a
 /// node is being told; seconds until the other replica has told that node again.
 async fn failover_seconds(eureka: &EurekaDouble) -> Result<f64, String> {
@@ -698,6 +745,7 @@ async fn run() {
     let sql = sql_groups_run(&eureka, &groups).await;
     let postgres = postgres_store_run(&eureka, &groups, &floor).await;
     let failover = failover_seconds(&eureka).await;
+    let nacos = nacos_run(&nodes[0]).await;
 
     println!(
         "\nsynchspeed drain benchmark ({SAMPLES} samples after {WARMUP} warm-up, loopback, 2 cores)\n"
@@ -796,6 +844,25 @@ async fn run() {
         ),
         Err(why) => println!("{:<34} skipped: {why}", "failover"),
     }
+    let eureka_1 = rows
+        .iter()
+        .find(|(count, ..)| *count == 1)
+        .map_or((f64::NAN, f64::NAN, f64::NAN), |(_, p50, p99, steps)| {
+            (*p50, *p99, steps[Step::Registry as usize])
+        });
+    match &nacos {
+        Ok((p50, p99, steps)) => {
+            println!(
+                "{:<34} {:>10.3} {:>10.3}   registry step {:.3} ms (Eureka double: {:.3} ms)",
+                "1 node, registry on rnacos",
+                p50,
+                p99,
+                steps[Step::Registry as usize],
+                eureka_1.2
+            );
+        }
+        Err(why) => println!("{:<34} skipped: {why}", "registry on rnacos"),
+    }
     let sqlite_100 = rows
         .iter()
         .find(|(count, ..)| *count == FLOOR_NODES)
@@ -822,6 +889,11 @@ async fn run() {
         "mass": {"instances": MASS_INSTANCES, "nodes": MASS_NODES, "seconds": round(mass_seconds)},
         "read_rps": reads.round(),
         "rss_mb": {"idle": round(rss_idle), "after_mass": round(rss_after_mass)},
+        "registry_step_ms_nodes_1": {
+            "eureka": round(eureka_1.2),
+            "nacos": nacos.as_ref().ok().map(|(_, _, steps)| round(steps[Step::Registry as usize])),
+            "nacos_latency": nacos.as_ref().ok().map(|(p50, p99, _)| json!({"p50": round(*p50), "p99": round(*p99)})),
+        },
         "groups_sql_nodes_100": sql.as_ref().ok().map(|(p50, p99, steps)| json!({
             "p50": round(*p50),
             "p99": round(*p99),

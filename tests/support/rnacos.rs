@@ -38,6 +38,28 @@ fn port_pair() -> u16 {
     }
 }
 
+/// Polls `check` until it holds, for at most `limit` (the tests' `eventually`, here too so
+/// that the benchmark can start rnacos with this module alone).
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether rnacos is installed where the test command puts it.
+pub fn installed() -> bool {
+    binary().is_file()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -100,7 +122,7 @@ impl Rnacos {
             auth,
         };
         let base = server.base();
-        crate::helpers::eventually_within("rnacos answers", Duration::from_secs(60), || {
+        wait_until("rnacos answers", Duration::from_secs(60), || {
             let url = format!("{base}/v1/ns/service/list?pageNo=1&pageSize=1");
             let http = server.http.clone();
             async move {
@@ -114,7 +136,7 @@ impl Rnacos {
         if server.auth.is_some() {
             // The admin account is created a moment after the server answers; an SDK that
             // logs in before would wait 30 s for its next try.
-            crate::helpers::eventually_within(
+            wait_until(
                 "rnacos accepts the admin login",
                 Duration::from_secs(60),
                 || async { server.token().await.is_some() },
@@ -255,16 +277,20 @@ impl App {
     pub async fn register(server: &Rnacos, service: &str, instance: ServiceInstance) -> Self {
         let naming = Arc::new(server.sdk().await);
         // The SDK logs in in the background: until it has, a server with auth refuses it.
-        crate::helpers::eventually("the SDK registers the instance", || {
-            let naming = Arc::clone(&naming);
-            let instance = instance.clone();
-            async move {
-                naming
-                    .register_instance(service.into(), Some("DEFAULT_GROUP".into()), instance)
-                    .await
-                    .is_ok()
-            }
-        })
+        wait_until(
+            "the SDK registers the instance",
+            Duration::from_secs(15),
+            || {
+                let naming = Arc::clone(&naming);
+                let instance = instance.clone();
+                async move {
+                    naming
+                        .register_instance(service.into(), Some("DEFAULT_GROUP".into()), instance)
+                        .await
+                        .is_ok()
+                }
+            },
+        )
         .await;
         Self {
             naming,
