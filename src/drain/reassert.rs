@@ -12,6 +12,9 @@
 //!   none has it, its hold ends (so a new registration on that IP:port seconds later is new),
 //!   where registrations cannot tell processes apart (Eureka; see `judge_departure`).
 //! * A peer that had failed answers again: the reconciler checks every hold at once.
+//! * A registration that comes up disabled on the IP:port of a hold that ended because its
+//!   instance departed, in a registry that keeps synchspeed's offline after the instance is
+//!   gone (Nacos, ~60 s): the offline was the old process's, and the new one is enabled.
 //!
 //! Each re-assertion is an operation of its own, of origin `reconciler` (shown with the
 //! principal `synchspeed-reconciler`), with the reason saying what happened: the audit trail

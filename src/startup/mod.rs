@@ -132,8 +132,10 @@ impl Application {
                 Arc::clone(&metrics),
             )),
             RegistrySettings::Zookeeper(zookeeper) => Arc::new(ZookeeperRegistry::new(zookeeper)),
-            RegistrySettings::Nacos(nacos) => crate::registry::nacos::NacosRegistry::new(nacos)
-                .context("setting up the Nacos registry")?,
+            RegistrySettings::Nacos(nacos) => {
+                crate::registry::nacos::NacosRegistry::new(nacos, Arc::clone(&metrics))
+                    .context("setting up the Nacos registry")?
+            }
             RegistrySettings::File(file) => Arc::new(
                 FileRegistry::open(file, Arc::clone(&store))
                     .await

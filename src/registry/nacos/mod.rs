@@ -81,6 +81,7 @@ struct Book {
 
 pub struct NacosRegistry {
     client: NacosClient,
+    metrics: Arc<crate::telemetry::Metrics>,
     cache: InstanceCache,
     book: Mutex<Book>,
     /// Services a push said changed, read with the next pass.
@@ -92,9 +93,13 @@ pub struct NacosRegistry {
 }
 
 impl NacosRegistry {
-    pub fn new(settings: &NacosSettings) -> Result<Arc<Self>, RegistryError> {
+    pub fn new(
+        settings: &NacosSettings,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Result<Arc<Self>, RegistryError> {
         Ok(Arc::new(Self {
             client: NacosClient::new(settings)?,
+            metrics,
             cache: InstanceCache::default(),
             book: Mutex::default(),
             dirty: Mutex::default(),
@@ -106,44 +111,9 @@ impl NacosRegistry {
     fn settings(&self) -> &NacosSettings {
         self.client.settings()
     }
-}
 
-/// Where `instance` sits in Nacos: from its id, which synchspeed builds from the placement.
-fn placement_of(instance_id: &str) -> Result<Placement, RegistryError> {
-    Placement::of_id(instance_id)
-        .map(|(placement, _)| placement)
-        .ok_or_else(|| {
-            RegistryError::Refused(format!(
-                "'{instance_id}' is not a Nacos registration (ip#port#cluster#group@@service)"
-            ))
-        })
-}
-
-#[async_trait]
-impl Registry for NacosRegistry {
-    fn kind(&self) -> &'static str {
-        "nacos"
-    }
-
-    async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError> {
-        if !self.cache.is_loaded() {
-            return Err(RegistryError::NotReady("Nacos not read yet".into()));
-        }
-        Ok(self.cache.on_ip(ip))
-    }
-
-    async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError> {
-        if !self.cache.is_loaded() {
-            return Err(RegistryError::NotReady("Nacos not read yet".into()));
-        }
-        Ok(self.cache.of_app(app))
-    }
-
-    fn app_version(&self, app: &AppName) -> Option<u64> {
-        Some(self.cache.app_version(app))
-    }
-
-    async fn set_status(
+    /// One status write through the partial update.
+    async fn write_status(
         &self,
         instance: &Instance,
         status: Status,
@@ -188,7 +158,8 @@ impl Registry for NacosRegistry {
         }
     }
 
-    async fn verify(&self, instance: &Instance, status: Status, peers: &mut [PeerResult]) {
+    /// Reads a written instance back into `peers`.
+    async fn verify_status(&self, instance: &Instance, status: Status, peers: &mut [PeerResult]) {
         let Ok(placement) = placement_of(&instance.instance_id) else {
             return;
         };
@@ -218,7 +189,61 @@ impl Registry for NacosRegistry {
             self.apply(&service, instances);
         }
     }
+}
 
+/// Where `instance` sits in Nacos: from its id, which synchspeed builds from the placement.
+fn placement_of(instance_id: &str) -> Result<Placement, RegistryError> {
+    Placement::of_id(instance_id)
+        .map(|(placement, _)| placement)
+        .ok_or_else(|| {
+            RegistryError::Refused(format!(
+                "'{instance_id}' is not a Nacos registration (ip#port#cluster#group@@service)"
+            ))
+        })
+}
+
+#[async_trait]
+impl Registry for NacosRegistry {
+    fn kind(&self) -> &'static str {
+        "nacos"
+    }
+
+    async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError> {
+        if !self.cache.is_loaded() {
+            return Err(RegistryError::NotReady("Nacos not read yet".into()));
+        }
+        Ok(self.cache.on_ip(ip))
+    }
+
+    async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError> {
+        if !self.cache.is_loaded() {
+            return Err(RegistryError::NotReady("Nacos not read yet".into()));
+        }
+        Ok(self.cache.of_app(app))
+    }
+
+    fn app_version(&self, app: &AppName) -> Option<u64> {
+        Some(self.cache.app_version(app))
+    }
+
+    async fn set_status(
+        &self,
+        instance: &Instance,
+        status: Status,
+    ) -> Result<StatusChange, RegistryError> {
+        let written = self.write_status(instance, status).await;
+        if written.is_err() {
+            self.metrics.registry_error("nacos", "write_status");
+        }
+        written
+    }
+
+    async fn verify(&self, instance: &Instance, status: Status, peers: &mut [PeerResult]) {
+        self.verify_status(instance, status, peers).await;
+        if peers.iter().any(|peer| peer.error.is_some()) {
+            self.metrics.registry_error("nacos", "verify");
+        }
+    }
     async fn refresh(&self) -> Result<(), RegistryError> {
         let recent = lock(&self.book)
             .last_full_read

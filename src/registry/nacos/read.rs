@@ -250,6 +250,7 @@ impl NacosRegistry {
             match read {
                 Ok(instances) => self.apply(&service, instances),
                 Err(e) => {
+                    self.metrics.registry_error("nacos", "read_service");
                     warn!(group = %service.group, service = %service.service, "cannot read the service: {e}");
                 }
             }
@@ -297,7 +298,9 @@ impl NacosRegistry {
         if !self.cache.is_loaded() {
             return self.read_everything().await;
         }
-        let listed = self.list_services().await?;
+        let listed = self.list_services().await.inspect_err(|_| {
+            self.metrics.registry_error("nacos", "list_services");
+        })?;
         self.forget_services(&listed);
         let budget = usize::try_from(
             (u128::from(self.settings().sweep_per_second) * self.settings().refresh.as_millis())
