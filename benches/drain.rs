@@ -16,6 +16,9 @@ mod eureka;
 #[path = "../tests/support/gateway.rs"]
 #[allow(dead_code)]
 mod gateway;
+#[path = "../tests/support/nacos_double.rs"]
+#[allow(dead_code)]
+mod nacos_double;
 #[path = "../tests/support/rnacos.rs"]
 #[allow(dead_code)]
 mod rnacos;
@@ -582,6 +585,35 @@ async fn nacos_run(node: &GatewayNode) -> Result<(f64, f64, Vec<f64>), String> {
     Ok((p50, p99, steps))
 }
 
+/// Services in the Nacos double for the steady-state cost.
+const NACOS_SERVICES: usize = 1_000;
+const NACOS_STEADY_SECONDS: u64 = 10;
+
+/// What keeping the copy current costs a Nacos of 1,000 services (the double of the official
+/// server, one instance each, pushes off: the worst case), in requests a second once loaded.
+async fn nacos_steady_rps() -> f64 {
+    let nacos = nacos_double::NacosDouble::start(nacos_double::Generation::V2).await;
+    for i in 0..NACOS_SERVICES {
+        nacos.register(
+            &format!("svc-{i}"),
+            &format!("10.60.{}.{}", i / 250, i % 250 + 1),
+            8080,
+            1.0,
+            &[],
+        );
+    }
+    let registry = format!(
+        "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [\"{}\"]\npush = false\n",
+        nacos.base()
+    );
+    let service = start_service_with(&registry, "", None, "").await;
+    let before = nacos.requests().len();
+    tokio::time::sleep(Duration::from_secs(NACOS_STEADY_SECONDS)).await;
+    let made = nacos.requests().len() - before;
+    drop(service);
+    made as f64 / NACOS_STEADY_SECONDS as f64
+}
+
 /// Two replicas on PostgreSQL with the default lease: the leader is killed (kill -9) while a
 /// node is being told; seconds until the other replica has told that node again.
 async fn failover_seconds(eureka: &EurekaDouble) -> Result<f64, String> {
@@ -746,6 +778,7 @@ async fn run() {
     let postgres = postgres_store_run(&eureka, &groups, &floor).await;
     let failover = failover_seconds(&eureka).await;
     let nacos = nacos_run(&nodes[0]).await;
+    let nacos_steady = nacos_steady_rps().await;
 
     println!(
         "\nsynchspeed drain benchmark ({SAMPLES} samples after {WARMUP} warm-up, loopback, 2 cores)\n"
@@ -863,6 +896,10 @@ async fn run() {
         }
         Err(why) => println!("{:<34} skipped: {why}", "registry on rnacos"),
     }
+    println!(
+        "{:<34} {:>10.1} requests/s to Nacos ({NACOS_SERVICES} services, no push)",
+        "Nacos steady state", nacos_steady
+    );
     let sqlite_100 = rows
         .iter()
         .find(|(count, ..)| *count == FLOOR_NODES)
@@ -894,6 +931,7 @@ async fn run() {
             "nacos": nacos.as_ref().ok().map(|(_, _, steps)| round(steps[Step::Registry as usize])),
             "nacos_latency": nacos.as_ref().ok().map(|(p50, p99, _)| json!({"p50": round(*p50), "p99": round(*p99)})),
         },
+        "nacos_steady_state_rps": {"services": NACOS_SERVICES, "rps": round(nacos_steady)},
         "groups_sql_nodes_100": sql.as_ref().ok().map(|(p50, p99, steps)| json!({
             "p50": round(*p50),
             "p99": round(*p99),
