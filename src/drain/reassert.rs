@@ -154,27 +154,14 @@ async fn reenable_if_left_over(orchestrator: &Orchestrator, instance: &Instance)
     }
     warn!(app = %instance.app, instance = %instance.instance_id, ip = %instance.ip, port = instance.port,
         "a new registration came up disabled by the offline of the instance that left this IP:port; enabling it");
-    let request = DrainRequest {
-        action: Action::Online,
-        targets: vec![Target {
-            ip: instance.ip,
-            port: Some(instance.port),
-            app: Some(instance.app.clone()),
-        }],
-        reason: Some(format!(
+    let request = reconciler_request(
+        Action::Online,
+        instance,
+        format!(
             "re-enabled: {} {} registered disabled, the offline left over from the instance whose hold ended when it departed",
             instance.app, instance.instance_id
-        )),
-        caller: Caller {
-            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            principal: Some(RECONCILER_PRINCIPAL.into()),
-        },
-        origin: Origin::Reconciler,
-        dry_run: false,
-        wait: None,
-        force: true,
-        idempotency_key: None,
-    };
+        ),
+    );
     match orchestrator.execute(request).await {
         Ok(DrainOutcome::Accepted(operation) | DrainOutcome::Settled(operation)) => {
             info!(operation = %operation.id, "the new registration is enabled; gateways told");
@@ -247,28 +234,14 @@ pub(super) async fn reassert(
             trigger: trigger.label(),
         })
         .inc();
-    let request = DrainRequest {
-        action: Action::Offline,
-        targets: vec![Target {
-            ip: instance.ip,
-            port: Some(instance.port),
-            app: Some(instance.app.clone()),
-        }],
-        reason: Some(format!(
+    let request = reconciler_request(
+        Action::Offline,
+        instance,
+        format!(
             "re-asserted: {} {} showed {} on {seen_by} while held offline",
             instance.app, instance.instance_id, instance.status
-        )),
-        caller: Caller {
-            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            principal: Some(RECONCILER_PRINCIPAL.into()),
-        },
-        origin: Origin::Reconciler,
-        dry_run: false,
-        wait: None,
-        // The cache may still say OUT_OF_SERVICE where a peer does not: write every peer.
-        force: true,
-        idempotency_key: None,
-    };
+        ),
+    );
     match orchestrator.execute(request).await {
         Ok(DrainOutcome::Accepted(operation) | DrainOutcome::Settled(operation)) => {
             info!(operation = %operation.id, "re-assertion accepted by the registry; gateways told again");
@@ -282,5 +255,28 @@ pub(super) async fn reassert(
             // change or pass, not a back-off later.
             crate::sync::lock(&orchestrator.reassertions).clear(&instance.key());
         }
+    }
+}
+
+/// The reconciler's own request for one registration, of origin `reconciler`. Forced: the
+/// cache may still show the state wanted where a peer does not, so every peer is written.
+fn reconciler_request(action: Action, instance: &Instance, reason: String) -> DrainRequest {
+    DrainRequest {
+        action,
+        targets: vec![Target {
+            ip: instance.ip,
+            port: Some(instance.port),
+            app: Some(instance.app.clone()),
+        }],
+        reason: Some(reason),
+        caller: Caller {
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            principal: Some(RECONCILER_PRINCIPAL.into()),
+        },
+        origin: Origin::Reconciler,
+        dry_run: false,
+        wait: None,
+        force: true,
+        idempotency_key: None,
     }
 }

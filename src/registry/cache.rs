@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use tokio::sync::broadcast;
 
-use super::Observed;
+use super::{Observed, RegistryError};
 use crate::domain::{AppName, Instance, InstanceKey, Status};
 
 /// An instance without its key (the map's key holds that): a registry of tens of thousands
@@ -256,6 +256,22 @@ impl InstanceCache {
     /// 0 while the app has no instances.
     pub fn app_version(&self, app: &AppName) -> u64 {
         self.read().versions.get(app).copied().unwrap_or(0)
+    }
+
+    /// [`Self::on_ip`], or `NotReady(why)` while the copy was never loaded.
+    pub fn loaded_on_ip(&self, ip: IpAddr, why: &str) -> Result<Vec<Instance>, RegistryError> {
+        if !self.is_loaded() {
+            return Err(RegistryError::NotReady(why.into()));
+        }
+        Ok(self.on_ip(ip))
+    }
+
+    /// [`Self::of_app`], or `NotReady(why)` while the copy was never loaded.
+    pub fn loaded_of_app(&self, app: &AppName, why: &str) -> Result<Vec<Instance>, RegistryError> {
+        if !self.is_loaded() {
+            return Err(RegistryError::NotReady(why.into()));
+        }
+        Ok(self.of_app(app))
     }
 
     pub fn on_ip(&self, ip: IpAddr) -> Vec<Instance> {

@@ -209,17 +209,11 @@ impl Registry for NacosRegistry {
     }
 
     async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError> {
-        if !self.cache.is_loaded() {
-            return Err(RegistryError::NotReady("Nacos not read yet".into()));
-        }
-        Ok(self.cache.on_ip(ip))
+        self.cache.loaded_on_ip(ip, "Nacos not read yet")
     }
 
     async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError> {
-        if !self.cache.is_loaded() {
-            return Err(RegistryError::NotReady("Nacos not read yet".into()));
-        }
-        Ok(self.cache.of_app(app))
+        self.cache.loaded_of_app(app, "Nacos not read yet")
     }
 
     fn app_version(&self, app: &AppName) -> Option<u64> {

@@ -360,17 +360,11 @@ impl Registry for ZookeeperRegistry {
     }
 
     async fn instances_on(&self, ip: IpAddr) -> Result<Vec<Instance>, RegistryError> {
-        if !self.cache.is_loaded() {
-            return Err(RegistryError::NotReady("ZooKeeper not scanned yet".into()));
-        }
-        Ok(self.cache.on_ip(ip))
+        self.cache.loaded_on_ip(ip, "ZooKeeper not scanned yet")
     }
 
     async fn instances_of(&self, app: &AppName) -> Result<Vec<Instance>, RegistryError> {
-        if !self.cache.is_loaded() {
-            return Err(RegistryError::NotReady("ZooKeeper not scanned yet".into()));
-        }
-        Ok(self.cache.of_app(app))
+        self.cache.loaded_of_app(app, "ZooKeeper not scanned yet")
     }
 
     fn app_version(&self, app: &AppName) -> Option<u64> {
