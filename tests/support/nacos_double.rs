@@ -472,13 +472,7 @@ async fn handle(
                         json_ok(rendered)
                     }
                 }
-                None => text(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "caused by: no ips found for cluster {cluster} in service {}",
-                        service.1
-                    ),
-                ),
+                None => missing_instance(&world, &service, &cluster, v3),
             }
         }
         ("PATCH", "/nacos/v1/ns/instance") | ("PUT", "/nacos/v3/admin/ns/instance/partial") => {
@@ -489,17 +483,7 @@ async fn handle(
                 instances.contains_key(&(ip.clone(), port, cluster.clone()))
             });
             if !exists {
-                let message = format!("caused by: instance not exist: {ip}:{port}:{cluster}");
-                return if v3 {
-                    (
-                        StatusCode::NOT_FOUND,
-                        [("content-type", "application/json")],
-                        json!({"code": 20004, "message": message, "data": null}).to_string(),
-                    )
-                        .into_response()
-                } else {
-                    text(StatusCode::BAD_REQUEST, message)
-                };
+                return missing_instance(&world, &service, &cluster, v3);
             }
             let layer = world
                 .layers
@@ -544,6 +528,36 @@ async fn handle(
             text(StatusCode::OK, "ok")
         }
         _ => spring_error(StatusCode::NOT_FOUND, "No endpoint", &path),
+    }
+}
+
+/// What 2.x's `getInstance0` throws for an instance it does not have (a `NOT_FOUND`
+/// `NacosApiException`): "no ips found" when the service has none, "no matched ip found!"
+/// otherwise; the v3 API wraps it in a `Result`.
+fn missing_instance(
+    world: &World,
+    service: &(String, String),
+    cluster: &str,
+    v3: bool,
+) -> Response {
+    let empty = world.services.get(service).is_none_or(BTreeMap::is_empty);
+    let message = if empty {
+        format!(
+            "no ips found for cluster {cluster} in service {}@@{}",
+            service.0, service.1
+        )
+    } else {
+        "no matched ip found!".to_owned()
+    };
+    if v3 {
+        (
+            StatusCode::NOT_FOUND,
+            [("content-type", "application/json")],
+            json!({"code": 20004, "message": message, "data": null}).to_string(),
+        )
+            .into_response()
+    } else {
+        text(StatusCode::NOT_FOUND, format!("caused by: {message}"))
     }
 }
 

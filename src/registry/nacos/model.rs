@@ -284,6 +284,7 @@ pub fn says_not_found(body: &[u8]) -> bool {
     [
         "not found",
         "no ips found",
+        "no matched ip",
         "instance not exist",
         "does not exist",
         "not exist",
@@ -394,6 +395,7 @@ mod tests {
         assert!(says_not_found(
             b"caused by: no ips found for cluster DEFAULT in service order-service"
         ));
+        assert!(says_not_found(b"caused by: no matched ip found!"));
         assert!(says_token_expired(b"token expired!"));
         assert!(!says_token_expired(b"authorization failed!"));
     }
