@@ -218,6 +218,18 @@ fn assert_no_secret(text: &str) {
 }
 
 #[test]
+fn the_production_shaped_examples_are_valid() {
+    for example in [
+        include_str!("../../config/eureka.example.toml"),
+        include_str!("../../config/nacos.example.toml"),
+    ] {
+        if let Err(e) = Settings::from_toml(example) {
+            panic!("{e}\n{example}");
+        }
+    }
+}
+
+#[test]
 fn a_nacos_registry_takes_its_documented_defaults_and_hides_its_password() {
     let settings = Settings::from_toml(
         "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [\"http://n1:8848/nacos/\", \"http://n2:8848/nacos\"]\n\
