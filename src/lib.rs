@@ -12,7 +12,7 @@
 //! * `http`: routes, the caller check, the one error type, the OpenAPI document.
 //! * `drain`: the orchestrator: plan, journal, registry step, gateway fan-out, and keeping
 //!   the word afterwards (re-assertion, the reconciler, resuming after a crash).
-//! * `registry`: the `Registry` trait and its backends (Eureka, ZooKeeper, file), with the
+//! * `registry`: the `Registry` trait and its backends (Eureka, ZooKeeper, Nacos, file), with the
 //!   IP-indexed cache.
 //! * `groups`: which gateway groups route to an app.
 //! * `gateway`: a group's nodes, the `Notifier` trait (webhook, HAProxy), the bounded fan-out.

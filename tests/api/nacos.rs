@@ -1,3 +1,6 @@
+//! One room past 500 lines: the Nacos registry's black-box tests, one per behaviour the issue
+//! names, sharing one config helper.
+//!
 //! The `nacos` registry: against a real Nacos-compatible server (rnacos) with applications
 //! registered over gRPC by the Nacos SDK as Spring Cloud Alibaba registers them, and against a
 //! double of the official server for what rnacos lacks (3.x, the operator layer's memory,

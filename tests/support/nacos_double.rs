@@ -1,3 +1,5 @@
+//! One room past 500 lines: one server's state and every endpoint that reads or writes it.
+//!
 //! A double of the official Nacos server (2.x, or 3.x with its default compatibility
 //! switches), for what rnacos does differently or lacks, written from the protocol notes
 //! (`../shared/protocols/registries.md`, section 3), quirks included:
