@@ -14,8 +14,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
 
-/// The most the Nacos SDK may log.
-const NACOS_SDK_CAP: &str = "nacos_sdk=info";
+/// The most the Nacos SDK may log: its info lines are two per subscribed service, its
+/// warnings include routine ones ("don't need to refresh"); synchspeed says itself when
+/// the subscriptions fail.
+const NACOS_SDK_CAP: &str = "nacos_sdk=error";
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `log.level`.
 /// Calling it twice is harmless (the second call keeps the first subscriber).
@@ -23,8 +25,8 @@ pub fn init_tracing(settings: &LogSettings) {
     let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // The Nacos SDK logs its login, password included, at debug: never past info, whatever
-    // `RUST_LOG` says (a directive for the same target replaces the user's).
+    // The Nacos SDK logs its login, password included, at debug: never past its cap,
+    // whatever `RUST_LOG` says (a directive for the same target replaces the user's).
     if let Ok(cap) = NACOS_SDK_CAP.parse() {
         filter = filter.add_directive(cap);
     }

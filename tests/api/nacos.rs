@@ -11,13 +11,24 @@ use serde_json::Value;
 use crate::helpers::{TestApp, TestConfig, eventually};
 use crate::support::gateway::{Behaviour, GatewayNode};
 use crate::support::nacos_double::{Fault, Generation, NacosDouble};
-use crate::support::rnacos::{App, Rnacos, consumer_sees, spring_instance};
+use crate::support::rnacos::{App, Rnacos, consumer_sees, register_many, spring_instance};
 
 fn config(servers: &[String], extra: &str) -> TestConfig {
     let mut config = TestConfig::eureka(&[]);
     let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    // The test's own lines replace these (TOML refuses a key twice).
+    let defaults: String = ["refresh = \"200ms\"", "timeout = \"1s\""]
+        .into_iter()
+        .filter(|line| {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            !extra
+                .lines()
+                .any(|l| l.split('=').next().unwrap_or_default().trim() == key)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
     config.registry = Some(format!(
-        "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [{}]\nrefresh = \"200ms\"\ntimeout = \"1s\"\n{extra}\n",
+        "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [{}]\n{defaults}{extra}\n",
         servers.join(", ")
     ));
     config
@@ -540,4 +551,51 @@ async fn an_expired_token_is_replaced_by_logging_in_again() {
         false
     );
     app.wait_ready().await;
+}
+
+#[tokio::test]
+async fn a_new_instance_of_one_of_many_services_is_in_the_copy_by_its_push_not_the_sweep() {
+    const SERVICES: usize = 500;
+    let nacos = Rnacos::start().await;
+    let fleet: Vec<(String, _)> = (0..SERVICES)
+        .map(|i| {
+            let ip = format!("10.0.{}.{}", 10 + i / 250, i % 250 + 1);
+            (format!("svc-{i}"), spring_instance(&ip, 8080, 1.0))
+        })
+        .collect();
+    let _fleet = register_many(&nacos, &fleet).await;
+    // The sweep reads one service a second: on its own it would take 500 s to come round.
+    let app = TestApp::spawn(config(
+        &[nacos.base()],
+        "push = true\nrefresh = \"1s\"\nsweep_per_second = 1",
+    ))
+    .await;
+    let listed = app.get_json("/api/v1/instances/10.0.10.1").await;
+    assert_eq!(
+        listed["instances"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+
+    // Pushes are subscribed once the services are read. Whether this registration comes
+    // before its service's subscription (the subscription's first answer names it) or after
+    // (a push), the service is read at once.
+    let probe = App::register(&nacos, "svc-7", spring_instance("10.0.20.7", 8080, 1.0)).await;
+    eventually("the first new instance is in the copy", || async {
+        app.get_json("/api/v1/instances/10.0.20.7").await["instances"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    })
+    .await;
+    drop(probe);
+    let _late = App::register(&nacos, "svc-321", spring_instance("10.0.20.21", 8080, 1.0)).await;
+    eventually(
+        "a new instance of an existing service is in the copy",
+        || async {
+            app.get_json("/api/v1/instances/10.0.20.21").await["instances"]
+                .as_array()
+                .is_some_and(|r| r.len() == 1)
+        },
+    )
+    .await;
 }

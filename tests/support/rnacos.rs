@@ -335,6 +335,42 @@ impl App {
     }
 }
 
+/// One SDK client registering an instance in each of many services (one process serving
+/// several, or a fleet's worth for a benchmark).
+pub async fn register_many(
+    server: &Rnacos,
+    services: &[(String, ServiceInstance)],
+) -> Arc<NamingService> {
+    use futures::StreamExt;
+    let naming = Arc::new(server.sdk().await);
+    // A registration is a round trip of some 40 ms: sixteen at a time.
+    futures::stream::iter(services.iter().map(|(service, instance)| {
+        let naming = Arc::clone(&naming);
+        async move {
+            wait_until(
+                "the SDK registers the instance",
+                Duration::from_secs(30),
+                || {
+                    let naming = Arc::clone(&naming);
+                    let instance = instance.clone();
+                    let service = service.clone();
+                    async move {
+                        naming
+                            .register_instance(service, Some("DEFAULT_GROUP".into()), instance)
+                            .await
+                            .is_ok()
+                    }
+                },
+            )
+            .await;
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>()
+    .await;
+    naming
+}
+
 /// What a subscribed consumer would route to: the SDK's `selectInstances(healthy=true)`.
 pub async fn consumer_sees(consumer: &NamingService, service: &str) -> Vec<String> {
     let mut seen: Vec<String> = consumer

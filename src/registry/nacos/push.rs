@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use nacos_sdk::api::naming::{
     NamingChangeEvent, NamingEventListener, NamingService, NamingServiceBuilder,
 };
@@ -29,6 +31,8 @@ const RETRY: Duration = Duration::from_secs(30);
 /// How long to wait before subscribing again after a subscription failed (the SDK logs in
 /// in the background: its first calls can be refused until it has).
 const RESUBSCRIBE: Duration = Duration::from_secs(2);
+/// Subscriptions made at once.
+const SUBSCRIBE_CONCURRENCY: usize = 16;
 
 struct Listener {
     changed: mpsc::UnboundedSender<ServiceRef>,
@@ -89,11 +93,15 @@ async fn follow(
         }
         let mut incomplete = false;
         if let Some(naming) = &naming {
-            let wanted: Vec<ServiceRef> = services.borrow_and_update().clone();
-            for service in wanted {
-                if subscribed.contains(&service) {
-                    continue;
-                }
+            let wanted: Vec<ServiceRef> = services
+                .borrow_and_update()
+                .iter()
+                .filter(|service| !subscribed.contains(*service))
+                .cloned()
+                .collect();
+            // One subscription is a round trip and more (about 40 ms against rnacos): a
+            // thousand services, one after the other, would take most of a minute.
+            let results = futures::stream::iter(wanted.into_iter().map(|service| {
                 let listener: Arc<dyn NamingEventListener> = listener.clone();
                 let subscribe = naming.subscribe(
                     service.service.clone(),
@@ -101,19 +109,28 @@ async fn follow(
                     Vec::new(),
                     listener,
                 );
-                match tokio::time::timeout(settings.timeout, subscribe).await {
+                async move {
+                    (
+                        service,
+                        tokio::time::timeout(settings.timeout, subscribe).await,
+                    )
+                }
+            }))
+            .buffer_unordered(SUBSCRIBE_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+            for (service, result) in results {
+                match result {
                     Ok(Ok(())) => {
                         subscribed.insert(service);
                     }
                     Ok(Err(e)) => {
                         warn!(service = %service.service, group = %service.group, "cannot subscribe, retrying in {RESUBSCRIBE:?}: {e}");
                         incomplete = true;
-                        break;
                     }
                     Err(_) => {
                         warn!(service = %service.service, group = %service.group, "a subscription did not answer in time, retrying in {RESUBSCRIBE:?}");
                         incomplete = true;
-                        break;
                     }
                 }
             }
