@@ -524,6 +524,42 @@ async fn garbage_from_nacos_is_a_clear_error_and_never_a_write() {
 }
 
 #[tokio::test]
+async fn one_service_that_cannot_be_read_keeps_no_other_out_of_the_copy() {
+    let nacos = NacosDouble::start(Generation::V2).await;
+    nacos.register("order-service", "10.0.8.5", 8080, 1.0, &[]);
+    nacos.register("legacy-service", "10.0.8.6", 8080, 1.0, &[]);
+    nacos.break_service("legacy-service");
+    let app = TestApp::spawn(config(&[nacos.base()], "push = false")).await;
+
+    let response = app
+        .post("/api/v1/instances/10.0.8.5/offline?wait=true")
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        nacos.view("order-service", "10.0.8.5", 8080).unwrap()["enabled"],
+        false
+    );
+    let response = app
+        .post("/api/v1/instances/10.0.8.6/offline?wait=true")
+        .await;
+    assert_eq!(
+        response.status(),
+        404,
+        "the unreadable service's instance is not guessed at"
+    );
+    assert!(
+        !nacos
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("PATCH") && r.contains("legacy")),
+    );
+    assert_eq!(
+        nacos.view("legacy-service", "10.0.8.6", 8080).unwrap()["enabled"],
+        true
+    );
+}
+
+#[tokio::test]
 async fn an_expired_token_is_replaced_by_logging_in_again() {
     let nacos = NacosDouble::start_with(
         Generation::V2,

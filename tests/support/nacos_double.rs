@@ -78,6 +78,8 @@ struct World {
     token_ttl: Duration,
     tokens: HashMap<String, Instant>,
     fault: Fault,
+    /// A service whose catalog alone answers the Whitelabel page.
+    broken: Option<String>,
     requests: Vec<String>,
     logins: usize,
 }
@@ -107,6 +109,7 @@ impl NacosDouble {
             token_ttl,
             tokens: HashMap::new(),
             fault: Fault::None,
+            broken: None,
             requests: Vec::new(),
             logins: 0,
         }));
@@ -131,6 +134,11 @@ impl NacosDouble {
 
     pub fn set_fault(&self, fault: Fault) {
         self.world().fault = fault;
+    }
+
+    /// Only this service's catalog answers an HTML page.
+    pub fn break_service(&self, service: &str) {
+        self.world().broken = Some(service.to_owned());
     }
 
     /// An instance registers (the SDK's `registerInstance`): its own fields; the operator
@@ -398,7 +406,12 @@ async fn handle(
             )
         }
         ("GET", "/nacos/v1/ns/catalog/instances") | ("GET", "/nacos/v3/admin/ns/instance/list") => {
-            match world.fault {
+            let fault = if world.broken.as_deref() == Some(service.1.as_str()) {
+                Fault::Html
+            } else {
+                world.fault
+            };
+            match fault {
                 Fault::Html => {
                     return (StatusCode::OK, [("content-type", "text/html")],
                         "<html><body><h1>Whitelabel Error Page</h1><p>This application has no explicit mapping for /error</p></body></html>").into_response();

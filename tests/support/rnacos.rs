@@ -86,17 +86,18 @@ impl Rnacos {
         Self::launch(Some((username.into(), password.into()))).await
     }
 
-    /// Starts a server, and starts it again (at most three times) when it came up broken:
+    /// Starts a server, and starts it again (at most ten times) when it came up broken:
     /// rnacos 0.8.8 has a start-up race in its Raft store (a panic in `raftapply.rs`, an
     /// `unwrap` on a manager not set yet), after which every write through Raft answers
     /// `Mailbox has closed` (the admin account is never created, a login never works).
     async fn launch(auth: Option<(String, String)>) -> Self {
-        for _ in 0..3 {
+        // Seen here: two starts in six came up broken on a busy machine.
+        for _ in 0..10 {
             if let Some(server) = Self::try_launch(auth.clone()).await {
                 return server;
             }
         }
-        panic!("rnacos came up broken three times in a row (its log says why)");
+        panic!("rnacos came up broken ten times in a row (its log says why)");
     }
 
     async fn try_launch(auth: Option<(String, String)>) -> Option<Self> {

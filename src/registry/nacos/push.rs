@@ -155,7 +155,11 @@ async fn follow(
 /// Where the SDK keeps its copy of the services: the temporary folder keeps it off a
 /// read-only root, and it is removed at the stop.
 fn sdk_cache_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("synchspeed-nacos-{}", std::process::id()))
+    // One per registry: a process that runs several (the tests) must not share one, since
+    // each removes its own at the stop.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("synchspeed-nacos-{}-{n}", std::process::id()))
 }
 
 async fn connect(

@@ -257,6 +257,21 @@ impl NacosRegistry {
         }
     }
 
+    /// What the copy has of one service now.
+    fn known_instances(&self, service: &ServiceRef) -> Vec<Instance> {
+        let book = lock(&self.book);
+        book.services
+            .get(service)
+            .map(|known| {
+                known
+                    .keys
+                    .iter()
+                    .filter_map(|key| self.cache.get(key))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Lists the services and reads every one of them: the first load, and a caller's miss.
     pub(super) async fn read_everything(&self) -> Result<(), RegistryError> {
         let _one = self.full_read.lock().await;
@@ -274,12 +289,29 @@ impl NacosRegistry {
             last_full_read: Some(Instant::now()),
             ..Book::default()
         };
+        let mut failures = Vec::new();
         for (service, read) in reads {
-            let read = read?;
+            let read = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    // One service that cannot be read keeps what the copy had of it (nothing,
+                    // on the first load) and is read again with the next pass; it does not
+                    // keep every other service out of the copy.
+                    warn!(group = %service.group, service = %service.service, "cannot read the service: {e}");
+                    self.metrics.registry_error("nacos", "read_service");
+                    lock(&self.dirty).insert(service.clone());
+                    failures.push(e);
+                    self.known_instances(&service)
+                }
+            };
             let known = book.services.entry(service.clone()).or_default();
             known.keys = read.iter().map(Instance::key).collect();
             known.disabled = read.iter().any(|i| i.status == Status::OutOfService);
             instances.extend(read);
+        }
+        if !listed.is_empty() && failures.len() == listed.len() {
+            // Nothing could be read: the copy is not made of nothing.
+            return Err(failures.swap_remove(0));
         }
         let count = instances.len();
         *lock(&self.book) = book;
