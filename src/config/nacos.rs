@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::registry::{RedactedUrl, redact_url_passwords};
+use super::registry::{RedactedUrl, http_urls, redact_url_passwords};
 use super::{ConfigError, invalid, positive_duration, redact};
 
 /// Which HTTP API the writes and the catalog reads speak.
@@ -94,30 +94,19 @@ pub(super) struct RawNacos {
 
 impl RawNacos {
     pub(super) fn validate(self) -> Result<NacosSettings, ConfigError> {
-        if self.servers.is_empty() {
-            return Err(invalid(
-                "registry.nacos.servers",
-                "list at least one Nacos server, http://host:8848/nacos",
-            ));
-        }
-        let servers = self
-            .servers
-            .iter()
-            .enumerate()
-            .map(|(i, url)| {
-                let key = format!("registry.nacos.servers[{i}]");
-                let shown = RedactedUrl::new(url.trim());
-                let mut parsed = Url::parse(url.trim())
-                    .map_err(|e| invalid(&key, format!("'{shown}' is not a URL ({e})")))?;
-                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                    return Err(invalid(&key, "must be an http or https URL with a host"));
-                }
-                // Paths are joined onto it: `/nacos` and `/nacos/` mean the same.
-                let path = parsed.path().trim_end_matches('/').to_owned();
-                parsed.set_path(&path);
-                Ok(parsed)
-            })
-            .collect::<Result<_, _>>()?;
+        let servers = http_urls(
+            "registry.nacos.servers",
+            &self.servers,
+            "list at least one Nacos server, http://host:8848/nacos",
+        )?
+        .into_iter()
+        .map(|mut url| {
+            // Paths are joined onto it: `/nacos` and `/nacos/` mean the same.
+            let path = url.path().trim_end_matches('/').to_owned();
+            url.set_path(&path);
+            url
+        })
+        .collect();
         let namespace = self.namespace.trim().to_owned();
         if namespace.is_empty() {
             return Err(invalid(

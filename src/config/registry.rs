@@ -202,29 +202,38 @@ impl RawRegistry {
     }
 }
 
+/// A list of http(s) URLs under `key`, at least one, each error naming its index; a password
+/// in one never shows in the message.
+pub(super) fn http_urls(
+    key: &str,
+    urls: &[String],
+    when_empty: &str,
+) -> Result<Vec<Url>, ConfigError> {
+    if urls.is_empty() {
+        return Err(invalid(key, when_empty));
+    }
+    urls.iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let key = format!("{key}[{i}]");
+            let shown = RedactedUrl::new(url.trim());
+            let parsed = Url::parse(url.trim())
+                .map_err(|e| invalid(&key, format!("'{shown}' is not a URL ({e})")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(&key, "must be an http or https URL"));
+            }
+            Ok(parsed)
+        })
+        .collect()
+}
+
 impl RawEureka {
     fn validate(self) -> Result<EurekaSettings, ConfigError> {
-        if self.urls.is_empty() {
-            return Err(invalid(
-                "registry.eureka.urls",
-                "list at least one Eureka peer",
-            ));
-        }
-        let urls = self
-            .urls
-            .iter()
-            .enumerate()
-            .map(|(i, url)| {
-                let key = format!("registry.eureka.urls[{i}]");
-                let shown = RedactedUrl::new(url.trim());
-                let parsed = Url::parse(url.trim())
-                    .map_err(|e| invalid(&key, format!("'{shown}' is not a URL ({e})")))?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(invalid(&key, "must be an http or https URL"));
-                }
-                Ok(parsed)
-            })
-            .collect::<Result<_, _>>()?;
+        let urls = http_urls(
+            "registry.eureka.urls",
+            &self.urls,
+            "list at least one Eureka peer",
+        )?;
         Ok(EurekaSettings {
             urls,
             refresh: positive_duration("registry.eureka.refresh", &self.refresh)?,

@@ -1,3 +1,5 @@
+//! One room past 500 lines: the operation record and every type it is made of, one contract.
+//!
 //! The operation: the audit record of one offline or online request, in the shape the README's
 //! "The API by example" shows and the OpenAPI document describes.
 

@@ -1,6 +1,7 @@
+//! One room past 500 lines: every test calls the same router over the same doubles.
+//!
 //! The routes in process, with `tower::ServiceExt::oneshot` and a faked peer address: every
 //! failure becomes the one JSON envelope with its status and code, whatever layer refused it.
-//! One room past 500 lines: every test calls the same router over the same doubles.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -160,22 +160,11 @@ impl TestConfig {
                 list(&self.eureka_urls)
             )
         });
-        // Lines a test sets replace the defaults with the same key (TOML refuses duplicates).
-        let merge = |defaults: &str, overrides: &str| {
-            let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_owned();
-            let overridden: Vec<String> = overrides.lines().map(key).collect();
-            defaults
-                .lines()
-                .filter(|line| !overridden.contains(&key(line)))
-                .chain(overrides.lines())
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        let gateway = merge(
+        let gateway = merge_lines(
             "timeout = \"500ms\"\nattempts = 3\nbackoff = \"10ms\"\nbackoff_max = \"40ms\"",
             &self.gateway,
         );
-        let server = merge(
+        let server = merge_lines(
             &format!("listen = \"{}\"\nshutdown_grace = \"2s\"", self.listen),
             &self.server,
         );
@@ -207,6 +196,19 @@ impl TestConfig {
         toml.push_str(&self.tables);
         toml
     }
+}
+
+/// `defaults` with the lines of `overrides` in place of those with the same key (TOML refuses
+/// a key twice), then the rest of `overrides`.
+pub fn merge_lines(defaults: &str, overrides: &str) -> String {
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_owned();
+    let overridden: Vec<String> = overrides.lines().map(key).collect();
+    defaults
+        .lines()
+        .filter(|line| !overridden.contains(&key(line)))
+        .chain(overrides.lines())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub struct TestApp {

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, TestConfig, eventually};
+use crate::helpers::{TestApp, TestConfig, eventually, merge_lines};
 use crate::support::gateway::{Behaviour, GatewayNode};
 use crate::support::nacos_double::{Fault, Generation, NacosDouble};
 use crate::support::rnacos::{App, Rnacos, consumer_sees, register_many, spring_instance};
@@ -16,20 +16,10 @@ use crate::support::rnacos::{App, Rnacos, consumer_sees, register_many, spring_i
 fn config(servers: &[String], extra: &str) -> TestConfig {
     let mut config = TestConfig::eureka(&[]);
     let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    // The test's own lines replace these (TOML refuses a key twice).
-    let defaults: String = ["refresh = \"200ms\"", "timeout = \"1s\""]
-        .into_iter()
-        .filter(|line| {
-            let key = line.split('=').next().unwrap_or_default().trim();
-            !extra
-                .lines()
-                .any(|l| l.split('=').next().unwrap_or_default().trim() == key)
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
     config.registry = Some(format!(
-        "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [{}]\n{defaults}{extra}\n",
-        servers.join(", ")
+        "[registry]\nkind = \"nacos\"\n[registry.nacos]\nservers = [{}]\n{}\n",
+        servers.join(", "),
+        merge_lines("refresh = \"200ms\"\ntimeout = \"1s\"", extra)
     ));
     config
 }

@@ -300,22 +300,7 @@ pub struct App {
 impl App {
     pub async fn register(server: &Rnacos, service: &str, instance: ServiceInstance) -> Self {
         let naming = Arc::new(server.sdk().await);
-        // The SDK logs in in the background: until it has, a server with auth refuses it.
-        wait_until(
-            "the SDK registers the instance",
-            Duration::from_secs(15),
-            || {
-                let naming = Arc::clone(&naming);
-                let instance = instance.clone();
-                async move {
-                    naming
-                        .register_instance(service.into(), Some("DEFAULT_GROUP".into()), instance)
-                        .await
-                        .is_ok()
-                }
-            },
-        )
-        .await;
+        register_one(&naming, service, &instance).await;
         Self {
             naming,
             service: service.into(),
@@ -336,6 +321,26 @@ impl App {
     }
 }
 
+/// Registers `instance` in `service`. The SDK logs in in the background: until it has, a
+/// server with auth refuses it, so it is tried until it is taken.
+async fn register_one(naming: &Arc<NamingService>, service: &str, instance: &ServiceInstance) {
+    wait_until(
+        "the SDK registers the instance",
+        Duration::from_secs(30),
+        || {
+            let naming = Arc::clone(naming);
+            let instance = instance.clone();
+            async move {
+                naming
+                    .register_instance(service.into(), Some("DEFAULT_GROUP".into()), instance)
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+}
+
 /// One SDK client registering an instance in each of many services (one process serving
 /// several, or a fleet's worth for a benchmark).
 pub async fn register_many(
@@ -347,24 +352,7 @@ pub async fn register_many(
     // A registration is a round trip of some 40 ms: sixteen at a time.
     futures::stream::iter(services.iter().map(|(service, instance)| {
         let naming = Arc::clone(&naming);
-        async move {
-            wait_until(
-                "the SDK registers the instance",
-                Duration::from_secs(30),
-                || {
-                    let naming = Arc::clone(&naming);
-                    let instance = instance.clone();
-                    let service = service.clone();
-                    async move {
-                        naming
-                            .register_instance(service, Some("DEFAULT_GROUP".into()), instance)
-                            .await
-                            .is_ok()
-                    }
-                },
-            )
-            .await;
-        }
+        async move { register_one(&naming, service, instance).await }
     }))
     .buffer_unordered(16)
     .collect::<Vec<()>>()

@@ -1,7 +1,9 @@
+//! One room past 500 lines: the delta protocol, the writes and the watch on failed peers share
+//! the copy and its bookkeeping.
+//!
 //! The Eureka backend: a local copy of the registry kept fresh with deltas, and status writes
 //! to every peer (Netflix/eureka's `DiscoveryClient` delta protocol, and
-//! `InstanceResource.statusUpdate` on each peer). One room past 500 lines: the delta protocol,
-//! the writes and the watch on failed peers share the copy and its bookkeeping.
+//! `InstanceResource.statusUpdate` on each peer).
 
 mod client;
 pub mod model;

@@ -65,20 +65,11 @@ impl NacosRegistry {
     ) -> Result<Vec<Instance>, RegistryError> {
         let mut instances = self.read_catalog(service).await?;
         let listed: BTreeSet<InstanceKey> = instances.iter().map(Instance::key).collect();
-        let unlisted: Vec<Instance> = {
-            let book = lock(&self.book);
-            book.services
-                .get(service)
-                .map(|known| {
-                    known
-                        .keys
-                        .iter()
-                        .filter(|key| !listed.contains(*key))
-                        .filter_map(|key| self.cache.get(key))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let unlisted: Vec<Instance> = self
+            .known_instances(service)
+            .into_iter()
+            .filter(|known| !listed.contains(&known.key()))
+            .collect();
         for known in unlisted {
             if let Some(found) = self.read_detail(service, known).await? {
                 instances.push(found);
