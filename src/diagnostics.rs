@@ -26,9 +26,45 @@ pub(crate) fn snippet(body: &[u8]) -> String {
         .to_owned()
 }
 
+/// Text from a peer made safe for a terminal: control characters (ESC, BEL, CR, C1 controls)
+/// and the bidirectional overrides become visible escapes such as `\u{1b}`, so an instance id
+/// or an error message cannot set a window title, move the cursor, recolour the screen or
+/// reorder what a reader sees.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            shown.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_text_escapes_what_a_terminal_would_obey() {
+        let hostile = "10.0.0.5\x1b]0;PWNED\x07\x1b[31m\u{202e}red";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(
+            shown,
+            "10.0.0.5\\u{1b}]0;PWNED\\u{7}\\u{1b}[31m\\u{202e}red"
+        );
+        assert!(matches!(
+            printable("plain ünïcode"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

@@ -184,6 +184,9 @@ pub struct Metrics {
     pub groups_mapping_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Reads of the SQL route table that failed.
     pub groups_refresh_errors: Counter,
+    /// Rows of the SQL route table skipped because they name no usable group or app (a NULL,
+    /// a name that is no app name): the app's other rows and every other app still route.
+    pub groups_rows_skipped: Counter,
     /// Connections turned away when accepted, by why (`forbidden`, `busy`).
     pub connections_refused: Family<RefusedLabels, Counter>,
     /// Whether this replica leads (1) or relays to the one that does (0); always 1 on SQLite.
@@ -293,6 +296,12 @@ impl Metrics {
             "Reads of the SQL route table that failed",
             groups_refresh_errors.clone(),
         );
+        let groups_rows_skipped = Counter::default();
+        registry.register(
+            "groups_rows_skipped",
+            "Rows of the SQL route table skipped: a NULL, or a name that is no app name",
+            groups_rows_skipped.clone(),
+        );
         let connections_refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
             "connections_refused",
@@ -347,6 +356,7 @@ impl Metrics {
             cluster_relayed,
             groups_mapping_age_seconds,
             groups_refresh_errors,
+            groups_rows_skipped,
             http_requests,
             operations,
             operations_in_flight,

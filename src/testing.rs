@@ -20,7 +20,9 @@ use crate::gateway::{Delivery, GatewayNode, Notification, Notifier, Progress};
 use crate::groups::{GroupRoute, GroupSource, GroupsError, StaticGroups};
 use crate::registry::{Registry, RegistryError, StatusChange};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{DesiredState, IdempotencyKey, OperationFilter, Store, StoreError};
+use crate::store::{
+    DesiredState, IdempotencyKey, OperationFilter, OperationPage, Store, StoreError,
+};
 use crate::sync::lock;
 use crate::telemetry::Metrics;
 use std::collections::HashMap;
@@ -274,7 +276,7 @@ impl Store for FailingStore {
     async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
         self.store.operation(id).await
     }
-    async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError> {
+    async fn operations(&self, filter: &OperationFilter) -> Result<OperationPage, StoreError> {
         self.store.operations(filter).await
     }
     async fn last_operation_ids(&self) -> Result<Vec<(IpAddr, OperationId)>, StoreError> {

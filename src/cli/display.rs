@@ -10,6 +10,8 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
+use crate::diagnostics::printable;
+
 /// How the client writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -17,6 +19,22 @@ pub enum Output {
     Text,
     /// The API's JSON, one document, nothing else on standard output.
     Json,
+}
+
+/// A copy of what the server sent with every string made safe for a terminal
+/// ([`printable`]): the text output shows it, `--output json` prints the original exactly.
+pub fn printable_json(value: &Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(printable(text).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(printable_json).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(name, field)| (printable(name).into_owned(), printable_json(field)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// One node's line: `acked   10.2.0.11:9000  GATEWAY-PUBLIC  1 attempt, 2.4 ms`.
@@ -130,6 +148,7 @@ impl Display {
 
     /// The operation as it stands (the first event, or after a lag).
     pub fn operation(&mut self, operation: &Value) {
+        let operation = &printable_json(operation);
         match self {
             Self::Terminal(terminal) => terminal.operation(operation),
             Self::Plain(printed) => {
@@ -152,6 +171,7 @@ impl Display {
 
     /// One node changed (an answer, or HAProxy progress).
     pub fn node(&mut self, slot: usize, node: &Value) {
+        let node = &printable_json(node);
         match self {
             Self::Terminal(terminal) => terminal.node(slot, node),
             Self::Plain(printed) => print_changed(printed, slot, node),
@@ -162,7 +182,7 @@ impl Display {
     /// The end: the bars stay as drawn, then the summary.
     pub fn finish(&mut self, operation: &Value) {
         if let Self::Terminal(terminal) = self {
-            terminal.finish(operation);
+            terminal.finish(&printable_json(operation));
         }
     }
 }
@@ -280,6 +300,18 @@ mod tests {
             node_line(&failed),
             "failed  10.2.0.12:9000  GW  3 attempts: 503 from node"
         );
+    }
+
+    #[test]
+    fn text_output_escapes_what_a_terminal_would_obey_and_keeps_the_rest() {
+        let hostile = json!({"instanceId": "i\u{1b}]0;PWNED\u{7}\u{1b}[31m", "port": 8080,
+            "nested": [{"app": "ORDER\u{9b}2J"}]});
+        let shown = printable_json(&hostile);
+        let text = shown.to_string();
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{9b}'));
+        assert_eq!(shown["instanceId"], "i\\u{1b}]0;PWNED\\u{7}\\u{1b}[31m");
+        assert_eq!(shown["port"], 8080);
+        assert_eq!(shown["nested"][0]["app"], "ORDER\\u{9b}2J");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Following one operation to its settle: its event stream, shown as it comes; if the stream
-//! breaks off (a restart, a proxy's timeout), the operation is read again every half second
-//! until it settles or the deadline passes.
+//! breaks off (a restart, a proxy's timeout, a server gone silent), the operation is read
+//! again every half second until it settles or the deadline passes. Nothing here waits past
+//! the deadline by more than one call's `--request-timeout`.
 
 use std::time::Duration;
 
@@ -16,15 +17,19 @@ use super::display::Display;
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
 /// The operation as it stands when it settled, or when `deadline` passed (still
-/// `in_progress`).
+/// `in_progress`). `known` is the operation as last seen, shown when the deadline passes
+/// with nothing newer read.
 pub async fn follow(
     client: &Client,
     id: &str,
+    known: Option<Value>,
     deadline: Instant,
     display: &mut Display,
 ) -> Result<Value, Failure> {
     let path = format!("/api/v1/operations/{id}/events");
-    let streamed = tokio::time::timeout_at(deadline, stream(client, &path, display)).await;
+    let mut last = known;
+    let streamed =
+        tokio::time::timeout_at(deadline, stream(client, &path, display, &mut last)).await;
     if let Ok(Ok(Some(settled))) = streamed {
         return Ok(settled);
     }
@@ -34,25 +39,35 @@ pub async fn follow(
     // Timed out or broken off: the operation as the journal has it, until it settles.
     let path = format!("/api/v1/operations/{id}");
     loop {
-        let operation = client.expect_ok(Method::GET, &path, &[]).await?;
+        let read = client.expect_ok(Method::GET, &path, &[]);
+        let operation = match (tokio::time::timeout_at(deadline, read).await, last.take()) {
+            (Ok(read), _) => read?,
+            // The deadline passed during the read: what was seen last is the answer.
+            (Err(_), Some(seen)) => return Ok(seen),
+            // Nothing seen yet: the read goes on, bounded by its own --request-timeout.
+            (Err(_), None) => client.expect_ok(Method::GET, &path, &[]).await?,
+        };
         if operation["state"] != "in_progress" || Instant::now() >= deadline {
             return Ok(operation);
         }
+        last = Some(operation);
         tokio::time::sleep(POLL_EVERY.min(deadline - Instant::now())).await;
     }
 }
 
 /// Reads the stream; the settled operation, or `None` when it ended before the settle.
+/// `last` is kept current with what the stream said, for the reads after it.
 async fn stream(
     client: &Client,
     path: &str,
     display: &mut Display,
+    last: &mut Option<Value>,
 ) -> Result<Option<Value>, Failure> {
     let response = client.stream(path).await?;
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
-    let mut last: Option<Value> = None;
-    while let Some(chunk) = body.next().await {
+    // A stream that stays silent past its keep-alive is broken off, like a cut one.
+    while let Ok(Some(chunk)) = tokio::time::timeout(client.silence(), body.next()).await {
         let Ok(chunk) = chunk else {
             return Ok(None);
         };
@@ -69,7 +84,7 @@ async fn stream(
                     if event == "settled" || operation["state"] != "in_progress" {
                         return Ok(Some(operation));
                     }
-                    last = Some(operation);
+                    *last = Some(operation);
                 }
                 "node" | "progress" => {
                     let slot = data["slot"].as_u64().unwrap_or(0) as usize;

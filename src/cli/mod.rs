@@ -39,6 +39,24 @@ pub struct Connection {
     /// (or the read) exactly as the API returned it.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
+    /// How long one call may take (a read, or the call that starts an operation), even
+    /// against a server that accepts the connection and never answers; past it, exit 1.
+    #[arg(
+        long,
+        env = "SYNCHSPEED_REQUEST_TIMEOUT",
+        default_value = "10s",
+        value_parser = positive_duration
+    )]
+    pub request_timeout: Duration,
+}
+
+/// A duration longer than zero (`0s` would fail every call at once).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("must be longer than zero".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The options of an offline or online.
@@ -162,17 +180,24 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         .ok()
         .filter(|token| !token.is_empty())
         .map(SecretString::from);
-    let result = match Client::new(&command.connection().server, token) {
+    let connection = command.connection();
+    let result = match Client::new(&connection.server, token, connection.request_timeout) {
         Ok(client) => dispatch(&client, command).await,
         Err(failure) => Err(failure),
     };
     match result {
         Ok(exit) => exit.code(),
         Err(failure) => {
-            if let Some(operation) = &failure.operation {
-                print_operation(output, operation);
+            match output {
+                // Standard output is JSON whatever happened: scripts parse every outcome.
+                Output::Json => print_json(&failure.to_json()),
+                Output::Text => {
+                    if let Some(operation) = &failure.operation {
+                        print_operation(output, operation);
+                    }
+                }
             }
-            eprintln!("synchspeed: {}", failure.message);
+            eprintln!("synchspeed: {}", failure.to_text());
             failure.exit.code()
         }
     }
@@ -223,7 +248,7 @@ async fn dispatch(client: &Client, command: ClientCommand) -> Result<Exit, Failu
             timeout,
             connection,
         } => {
-            let operation = watch(client, &id, timeout, connection.output).await?;
+            let operation = watch(client, &id, None, timeout, connection.output).await?;
             Ok(Exit::of_state(&operation))
         }
     }
@@ -276,9 +301,20 @@ async fn batch(
     } else {
         std::fs::read_to_string(file)
     }
-    .map_err(|e| Failure::new(Exit::Usage, format!("cannot read {}: {e}", file.display())))?;
-    let request: Value = serde_json::from_str(&text)
-        .map_err(|e| Failure::new(Exit::Usage, format!("{} is not JSON: {e}", file.display())))?;
+    .map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            "bad_usage",
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
+    let request: Value = serde_json::from_str(&text).map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            "bad_usage",
+            format!("{} is not JSON: {e}", file.display()),
+        )
+    })?;
     let mut query: Vec<(&str, String)> = Vec::new();
     if run.dry_run {
         query.push(("dry_run", "true".into()));
@@ -319,20 +355,22 @@ async fn settle(
         });
     }
     let id = operation["id"].as_str().unwrap_or_default().to_owned();
-    let settled = watch(client, &id, run.timeout, output).await?;
+    let settled = watch(client, &id, Some(operation), run.timeout, output).await?;
     Ok(Exit::of_state(&settled))
 }
 
-/// Follows `id` to its settle on the screen, then prints it.
+/// Follows `id` to its settle on the screen, then prints it. `known`: the operation as the
+/// call that started it answered, what a timeout shows when nothing later was read.
 async fn watch(
     client: &Client,
     id: &str,
+    known: Option<Value>,
     timeout: Duration,
     output: Output,
 ) -> Result<Value, Failure> {
     let mut display = Display::new(output, std::io::stdout().is_terminal());
     let deadline = Instant::now() + timeout;
-    let operation = follow::follow(client, id, deadline, &mut display).await?;
+    let operation = follow::follow(client, id, known, deadline, &mut display).await?;
     display.finish(&operation);
     match output {
         Output::Json => print_json(&operation),
@@ -343,7 +381,7 @@ async fn watch(
                     humantime::format_duration(timeout)
                 );
             }
-            println!("{}", summary(&operation));
+            println!("{}", summary(&display::printable_json(&operation)));
         }
     }
     Ok(operation)
@@ -361,6 +399,7 @@ fn print_operation(output: Output, operation: &Value) {
     match output {
         Output::Json => print_json(operation),
         Output::Text => {
+            let operation = &display::printable_json(operation);
             for line in instance_lines(operation) {
                 println!("{line}");
             }
@@ -379,7 +418,7 @@ fn print_read(output: Output, read: &Value, lines: fn(&Value) -> Vec<String>) {
     match output {
         Output::Json => print_json(read),
         Output::Text => {
-            for line in lines(read) {
+            for line in lines(&display::printable_json(read)) {
                 println!("{line}");
             }
         }

@@ -117,13 +117,6 @@ impl LeaseRow {
             live: row.get("live"),
         })
     }
-
-    /// What a relaying replica proves itself with.
-    pub async fn relay_secret(&self) -> Result<String, sqlx::Error> {
-        sqlx::query_scalar("SELECT secret FROM relay_secret WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-    }
 }
 
 /// A lease this replica holds: its epoch and how long it may act on it.

@@ -11,6 +11,7 @@
 pub mod fenced;
 pub mod lease;
 pub mod relay;
+pub mod secret;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use super::lease::Leader;
+use super::secret::{REFUSED, RelaySecret};
 use crate::domain::policy::CallerPolicy;
 use crate::http::error::ApiError;
 use crate::store::Store;
@@ -50,6 +51,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "upgrade"
     ) || name.as_str() == CALLER
         || name.as_str() == SECRET
+        || name.as_str() == super::secret::REFUSED
 }
 
 #[derive(Clone)]
@@ -57,8 +59,13 @@ pub struct RelayState {
     pub client: reqwest::Client,
     /// The leader as the election loop last read it; `None` while the store cannot be read.
     pub leader: watch::Receiver<Option<Leader>>,
-    pub secret: Arc<str>,
+    pub secret: Arc<RelaySecret>,
     pub policy: CallerPolicy,
+    /// The largest body relayed (`server.body_limit`): a body is read whole before it is
+    /// relayed, so that a call the leader refused for a stale secret can be sent again.
+    pub body_limit: usize,
+    /// How long a body may take to arrive (`server.body_read_timeout`).
+    pub body_read_timeout: Duration,
     pub store: PgStore,
     pub metrics: Arc<Metrics>,
     pub replica: Arc<str>,
@@ -181,10 +188,9 @@ async fn relay(
     // A call another replica relayed here is never relayed on: during a takeover two
     // followers could otherwise pass it back and forth, and a replica restarted under the
     // name of a lease still running would relay to itself.
-    let relayed_here = request
-        .headers()
-        .get(SECRET)
-        .is_some_and(|secret| bool::from(secret.as_bytes().ct_eq(state.secret.as_bytes())));
+    let relayed_here = request.headers().get(SECRET).is_some_and(|secret| {
+        bool::from(secret.as_bytes().ct_eq(state.secret.current().as_bytes()))
+    });
     let leader = state.leader.borrow().clone();
     let Some(leader) =
         leader.filter(|leader| leader.live && !relayed_here && leader.replica != *state.replica)
@@ -214,17 +220,49 @@ async fn relay(
     if let Ok(value) = HeaderValue::from_str(&caller.to_string()) {
         headers.insert(CALLER, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&state.secret) {
-        headers.insert(SECRET, value);
-    }
     // A request without a body (a GET) is relayed without one, not as an empty chunked body.
     let has_body = parts.headers.contains_key(header::CONTENT_LENGTH)
         || parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let mut relayed = state.client.request(parts.method, &url).headers(headers);
-    if has_body {
-        relayed = relayed.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    let body = if has_body {
+        let read = axum::body::to_bytes(body, state.body_limit);
+        match tokio::time::timeout(state.body_read_timeout, read).await {
+            Ok(Ok(bytes)) => Some(bytes),
+            Ok(Err(_)) => {
+                let limit = state.body_limit;
+                return with_request_id(ApiError::PayloadTooLarge { limit }.into_response(), id);
+            }
+            Err(_) => {
+                let after = state.body_read_timeout;
+                return with_request_id(ApiError::BodyTimeout { after }.into_response(), id);
+            }
+        }
+    } else {
+        None
+    };
+    let send = |secret: Arc<str>| {
+        let mut headers = headers.clone();
+        if let Ok(value) = HeaderValue::from_str(&secret) {
+            headers.insert(SECRET, value);
+        }
+        let mut relayed = state
+            .client
+            .request(parts.method.clone(), &url)
+            .headers(headers);
+        if let Some(body) = &body {
+            relayed = relayed.body(body.clone());
+        }
+        relayed.send()
+    };
+    let mut sent = send(state.secret.current()).await;
+    // The leader knows another secret (the store was created anew since this replica read
+    // it): nothing was done there; read it again and send the call once more.
+    if sent
+        .as_ref()
+        .is_ok_and(|answer| answer.headers().contains_key(REFUSED))
+        && state.secret.reread().await
+    {
+        sent = send(state.secret.current()).await;
     }
-    let sent = relayed.send().await;
     let answer = match sent {
         Ok(answer) => answer,
         Err(e) => {

@@ -28,6 +28,19 @@ pub struct DrainSettings {
     pub min_up: BTreeMap<AppName, usize>,
     /// The same for every app not listed (`"*"`).
     pub min_up_default: usize,
+    /// The most one operation may carry; past any of them it is refused before anything
+    /// changes (a bad route table must not write megabytes into the journal per call).
+    pub bounds: PlanBounds,
+}
+
+/// What one operation may carry at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanBounds {
+    pub instances: usize,
+    /// Gateway groups across the operation's apps.
+    pub groups: usize,
+    /// Deliveries: a node once per (group, app) it hears about.
+    pub nodes: usize,
 }
 
 impl DrainSettings {
@@ -43,6 +56,9 @@ pub(super) struct RawDrain {
     wait_timeout: String,
     wait_timeout_max: String,
     max_in_flight: usize,
+    max_instances: usize,
+    max_groups: usize,
+    max_nodes: usize,
     hold_max: String,
     reconcile_every: String,
     retry_max: String,
@@ -65,10 +81,24 @@ impl RawDrain {
         if self.max_in_flight == 0 {
             return Err(invalid("drain.max_in_flight", "must be at least 1"));
         }
+        for (key, value) in [
+            ("drain.max_instances", self.max_instances),
+            ("drain.max_groups", self.max_groups),
+            ("drain.max_nodes", self.max_nodes),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         Ok(DrainSettings {
             wait_timeout,
             wait_timeout_max,
             max_in_flight: self.max_in_flight,
+            bounds: PlanBounds {
+                instances: self.max_instances,
+                groups: self.max_groups,
+                nodes: self.max_nodes,
+            },
             hold_max: positive_duration("drain.hold_max", &self.hold_max)?,
             reconcile_every: positive_duration("drain.reconcile_every", &self.reconcile_every)?,
             retry_max: positive_duration("drain.retry_max", &self.retry_max)?,

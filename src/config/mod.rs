@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::AppName;
 
 pub use cluster::ClusterSettings;
-pub use drain::DrainSettings;
+pub use drain::{DrainSettings, PlanBounds};
 pub use gateway::{GatewaySettings, HaproxyOfflineState, HaproxySettings, NotifierKind};
 pub use groups::{GroupsSettings, SqlDialect, SqlGroupsSettings};
 pub use nacos::{NacosApi, NacosSettings};
@@ -45,18 +45,7 @@ pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
 /// `--config` names a file.
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
 
-/// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 9] = [
-    "security.hostnames",
-    "security.allowed_origins",
-    "groups.source",
-    "security.allow",
-    "security.deny",
-    "security.trusted_proxies",
-    "security.probes",
-    "security.tokens",
-    "registry.eureka.urls",
-];
+mod environment;
 
 /// A setting that cannot be used, with the key it came from.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +56,8 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
     #[error("cannot show the effective configuration: {0}")]
     Show(#[from] toml::ser::Error),
+    #[error("environment variable {0}: its value is not UTF-8")]
+    NotUnicode(String),
 }
 
 fn invalid(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
@@ -110,8 +101,10 @@ enum Layer<'a> {
     Text(&'a str),
 }
 
-fn merged(layer: Layer<'_>, environment: bool) -> Result<Raw, ConfigError> {
-    use ::config::{Config, Environment, File, FileFormat};
+/// The layers merged: the defaults, the file (or text), then `variables` (the environment's
+/// `SYNCHSPEED__*`, see [`environment`]).
+fn merged(layer: Layer<'_>, variables: &[(String, String)]) -> Result<Raw, ConfigError> {
+    use ::config::{Config, File, FileFormat};
     let builder = Config::builder().add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml));
     let builder = match layer {
         Layer::File(path) => {
@@ -119,19 +112,7 @@ fn merged(layer: Layer<'_>, environment: bool) -> Result<Raw, ConfigError> {
         }
         Layer::Text(text) => builder.add_source(File::from_str(text, FileFormat::Toml)),
     };
-    let builder = if environment {
-        let mut env = Environment::with_prefix("SYNCHSPEED")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",");
-        for key in LIST_KEYS {
-            env = env.with_list_parse_key(key);
-        }
-        builder.add_source(env)
-    } else {
-        builder
-    };
+    let builder = environment::layer(builder, variables)?;
     Ok(builder.build()?.try_deserialize()?)
 }
 
@@ -145,18 +126,38 @@ fn layer(path: Option<&Path>) -> Layer<'_> {
 impl Settings {
     /// The defaults, the file at `path` (or the demo), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        merged(layer(path), true)?.validate()
+        merged(layer(path), &environment::variables()?)?.validate()
     }
 
     /// The defaults with TOML text over them (no environment): for tests and tools.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        merged(Layer::Text(text), false)?.validate()
+        merged(Layer::Text(text), &[])?.validate()
+    }
+
+    /// The defaults, TOML text, then these `SYNCHSPEED__*` variables in place of the
+    /// process's environment: for tests, which must not change the process's.
+    pub fn from_toml_and_variables(
+        text: &str,
+        variables: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        merged(Layer::Text(text), variables)?.validate()
     }
 
     /// What the layers produce for `path`, as TOML, with every secret redacted: what
     /// `check-config` prints. Errors as [`Settings::load`] would.
     pub fn effective_toml(path: Option<&Path>) -> Result<String, ConfigError> {
-        let raw = merged(layer(path), true)?;
+        let raw = merged(layer(path), &environment::variables()?)?;
+        let shown = toml::to_string(&raw)?;
+        raw.validate()?;
+        Ok(shown)
+    }
+}
+
+#[cfg(test)]
+impl Settings {
+    /// [`Settings::effective_toml`] of TOML text, without the environment.
+    fn effective_toml_of(text: &str) -> Result<String, ConfigError> {
+        let raw = merged(Layer::Text(text), &[])?;
         let shown = toml::to_string(&raw)?;
         raw.validate()?;
         Ok(shown)
@@ -165,16 +166,25 @@ impl Settings {
 
 impl Raw {
     fn validate(self) -> Result<Settings, ConfigError> {
+        let mut security = self.security.validate()?;
+        let cluster = self.cluster.validate()?;
+        // The replicas relay to each other under the advertised name: it is one of ours.
+        if let Some(host) = cluster.advertise.as_ref().and_then(url::Url::host_str) {
+            let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
+            if !security.browser.hostnames.contains(&host) {
+                security.browser.hostnames.push(host);
+            }
+        }
         Ok(Settings {
             server: self.server.validate()?,
             log: self.log.validate()?,
-            security: self.security.validate()?,
+            security,
             registry: self.registry.validate()?,
             groups: self.groups.validate()?,
             gateway: self.gateway.validate()?,
             drain: self.drain.validate()?,
             store: self.store.validate()?,
-            cluster: self.cluster.validate()?,
+            cluster,
         })
     }
 }

@@ -102,14 +102,57 @@ impl std::fmt::Debug for RedactedUrl {
 /// Written in place of a URL's password (characters a URL keeps as they are).
 pub const PASSWORD_REDACTED: &str = "***";
 
-/// The URL with its password replaced by [`PASSWORD_REDACTED`].
+/// Whether a query parameter's name says it holds a secret (`password`, `pwd`, `api_token`,
+/// `sslpassword`, `secret_key`...); `keyspace` or `sslmode` do not.
+fn is_secret_parameter(name: &str) -> bool {
+    const SECRET_WORDS: [&str; 9] = [
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "apikey",
+        "credentials",
+    ];
+    let name = name.to_ascii_lowercase();
+    name.split(['_', '-', '.']).any(|part| {
+        SECRET_WORDS.contains(&part)
+            || ["password", "secret", "token"]
+                .iter()
+                .any(|word| part.ends_with(word))
+    })
+}
+
+/// The URL with its password, and every secret-looking query parameter, replaced by
+/// [`PASSWORD_REDACTED`] (`postgres://db/app?password=...` is as common as `user:pass@`).
 fn without_password(url: &Url) -> String {
-    if url.password().is_none() {
+    let secret_query = url
+        .query_pairs()
+        .any(|(name, _)| is_secret_parameter(&name));
+    if url.password().is_none() && !secret_query {
         return url.to_string();
     }
     let mut shown = url.clone();
-    // Only URLs with a host carry a password, and those accept a new one.
-    let _ = shown.set_password(Some(PASSWORD_REDACTED));
+    if url.password().is_some() {
+        // Only URLs with a host carry a password, and those accept a new one.
+        let _ = shown.set_password(Some(PASSWORD_REDACTED));
+    }
+    if secret_query {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_secret_parameter(&name) {
+                    PASSWORD_REDACTED.to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
     shown.to_string()
 }
 

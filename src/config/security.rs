@@ -19,7 +19,8 @@ pub struct SecuritySettings {
 /// What a web browser may reach (requests with `Origin` or `Sec-Fetch-*`).
 #[derive(Debug, Clone, Default)]
 pub struct BrowserPolicy {
-    /// Host names the service is reached by in a browser, besides addresses and localhost.
+    /// Host names the service is reached by, besides addresses and localhost; `*.example`
+    /// stands for every name under `example`.
     pub hostnames: Vec<String>,
     /// Origins (`https://console.example`) whose pages may call the API.
     pub allowed_origins: Vec<String>,
@@ -58,6 +59,8 @@ impl RawSecurity {
             networks("security.probes", &self.probes)?,
         );
         let mut tokens = Vec::with_capacity(self.tokens.len());
+        // Each secret once: under two principals the audit trail could not tell them apart.
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (i, token) in self.tokens.into_iter().enumerate() {
             let key = format!("security.tokens[{i}]");
             let (principal, secret) = match token {
@@ -78,6 +81,15 @@ impl RawSecurity {
                     key,
                     format!(
                         "the principal '{RESERVED_PRINCIPAL}' is synchspeed's own; name the caller"
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(secret.to_owned(), i) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "the same token as security.tokens[{first}]: each caller needs a token \
+                         of its own, or the audit trail cannot tell them apart"
                     ),
                 ));
             }
@@ -106,7 +118,7 @@ impl RawSecurity {
                 hostnames: self
                     .hostnames
                     .iter()
-                    .map(|name| name.trim().to_ascii_lowercase())
+                    .map(|name| name.trim().trim_end_matches('.').to_ascii_lowercase())
                     .collect(),
                 allowed_origins,
             },

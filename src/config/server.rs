@@ -23,6 +23,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Connections open at once from one address (a load balancer counts as one).
     pub max_connections_per_ip: usize,
+    /// Connections open at once from peers admitted as probers only (`security.probes`
+    /// outside the callers): a budget apart, so they cannot use up the callers'.
+    pub max_probe_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -51,6 +54,7 @@ pub(super) struct RawServer {
     body_read_timeout: String,
     max_connections: usize,
     max_connections_per_ip: usize,
+    max_probe_connections: usize,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -77,6 +81,12 @@ impl RawServer {
         if self.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
+        if self.max_probe_connections == 0 {
+            return Err(invalid(
+                "server.max_probe_connections",
+                "must be at least 1 (probes and metrics need a connection)",
+            ));
+        }
         if self.max_connections_per_ip == 0 {
             return Err(invalid(
                 "server.max_connections_per_ip",
@@ -97,6 +107,7 @@ impl RawServer {
             )?,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            max_probe_connections: self.max_probe_connections,
         })
     }
 }

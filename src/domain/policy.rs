@@ -29,6 +29,13 @@ pub enum Denied {
     NotAllowed { addr: IpAddr },
 }
 
+/// Which connection budget an admitted peer draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Caller,
+    Prober,
+}
+
 /// A trusted proxy sent an `X-Forwarded-For` that is not a list of addresses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -63,10 +70,22 @@ impl CallerPolicy {
     /// judged per request), or a peer the probes are open to. Everyone else is turned away
     /// at once, so a hostile host cannot hold connections open however slowly it writes.
     pub fn admits(&self, peer: IpAddr) -> bool {
+        self.admission(peer).is_some()
+    }
+
+    /// How a TCP peer is admitted: as a caller (an allowed address, or a trusted proxy whose
+    /// clients are judged per request), as a prober only, or not at all (`None`). Callers and
+    /// probers draw on separate connection budgets, so probes, scrapers and strangers inside
+    /// `security.probes` can never use up the connections the deploy platform needs.
+    pub fn admission(&self, peer: IpAddr) -> Option<Admission> {
         let peer = canonical(peer);
-        self.check(peer).is_ok()
-            || contains(&self.trusted_proxies, peer).is_some()
-            || contains(&self.probes, peer).is_some()
+        if self.check(peer).is_ok() || contains(&self.trusted_proxies, peer).is_some() {
+            Some(Admission::Caller)
+        } else if contains(&self.probes, peer).is_some() {
+            Some(Admission::Prober)
+        } else {
+            None
+        }
     }
 
     /// The address to judge: the TCP peer, unless the peer is a trusted proxy, in which case
@@ -205,6 +224,15 @@ mod tests {
         assert!(admits("172.17.0.1"), "a prober");
         assert!(!admits("8.8.8.8"));
         assert!(admits("::ffff:10.1.2.3"), "IPv4-mapped is IPv4");
+        let admission = |ip: &str| policy.admission(ip.parse().unwrap());
+        assert_eq!(admission("10.1.2.3"), Some(Admission::Caller));
+        assert_eq!(
+            admission("192.168.1.1"),
+            Some(Admission::Caller),
+            "a trusted proxy"
+        );
+        assert_eq!(admission("172.17.0.1"), Some(Admission::Prober));
+        assert_eq!(admission("8.8.8.8"), None);
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {

@@ -165,9 +165,10 @@ impl Orchestrator {
     }
 
     async fn plan(&self, targets: &[Target]) -> Result<Plan, DrainError> {
-        let instances = plan::resolve_instances(self.registry.as_ref(), targets).await?;
+        let bounds = self.settings.bounds;
+        let instances = plan::resolve_instances(self.registry.as_ref(), targets, bounds).await?;
         let (deliveries, routes) =
-            plan::resolve_deliveries(self.groups.as_ref(), &self.nodes, &instances).await?;
+            plan::resolve_deliveries(self.groups.as_ref(), &self.nodes, &instances, bounds).await?;
         Ok(Plan {
             instances,
             deliveries,

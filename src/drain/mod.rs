@@ -57,7 +57,7 @@ use crate::gateway::fanout::FanOut;
 use crate::gateway::nodes::NodeDirectory;
 use crate::groups::{GroupSource, GroupsHealth};
 use crate::registry::{Registry, RegistryError};
-use crate::store::{DesiredState, OperationFilter, Store, StoreError};
+use crate::store::{DesiredState, OperationFilter, OperationPage, Store, StoreError};
 use crate::sync::lock;
 use crate::telemetry::Metrics;
 
@@ -272,7 +272,7 @@ impl Orchestrator {
 
     /// Journaled operations matching `filter`, newest first. Every operation a caller was
     /// already told has settled is listed as settled.
-    pub async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError> {
+    pub async fn operations(&self, filter: &OperationFilter) -> Result<OperationPage, StoreError> {
         self.settling.journal_caught_up().await;
         self.store.operations(filter).await
     }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::config::PlanBounds;
 use crate::domain::{AppName, Instance, InstanceKey, Route, Target};
 use crate::gateway::GatewayNode;
 use crate::gateway::nodes::NodeDirectory;
@@ -42,6 +43,7 @@ impl Plan {
 pub async fn resolve_instances(
     registry: &dyn Registry,
     targets: &[Target],
+    bounds: PlanBounds,
 ) -> Result<Vec<Instance>, DrainError> {
     let mut refreshed = false;
     let mut found: BTreeMap<InstanceKey, Instance> = BTreeMap::new();
@@ -64,6 +66,13 @@ pub async fn resolve_instances(
     }
     if !missing.is_empty() {
         return Err(DrainError::NoMatch(missing.join(", ")));
+    }
+    if found.len() > bounds.instances {
+        return Err(too_large(format!(
+            "it matches {} instances, more than drain.max_instances ({})",
+            found.len(),
+            bounds.instances
+        )));
     }
     Ok(found.into_values().collect())
 }
@@ -94,23 +103,46 @@ pub fn describe(target: &Target) -> String {
     text
 }
 
+fn too_large(what: String) -> DrainError {
+    DrainError::PlanTooLarge(format!(
+        "the operation is too large: {what}; nothing was changed (split it, or fix the route \
+         table or registry that lists so many)"
+    ))
+}
+
 /// The gateway nodes that must hear about these instances, and the routes that name them.
+/// The bounds are checked as the plan grows, so an absurd route table costs no node lookups.
 pub async fn resolve_deliveries(
     groups: &dyn GroupSource,
     nodes: &NodeDirectory,
     instances: &[Instance],
+    bounds: PlanBounds,
 ) -> Result<(Vec<(GatewayNode, AppName)>, Vec<Route>), DrainError> {
     let apps: BTreeSet<&AppName> = instances.iter().map(|i| &i.app).collect();
     let mut deliveries = BTreeSet::new();
     let mut routes = Vec::new();
     for app in apps {
-        for found in groups.groups_for(app).await.map_err(DrainError::Groups)? {
+        let found_groups = groups.groups_for(app).await.map_err(DrainError::Groups)?;
+        if routes.len() + found_groups.len() > bounds.groups {
+            return Err(too_large(format!(
+                "{} gateway groups route to its apps, more than drain.max_groups ({})",
+                routes.len() + found_groups.len(),
+                bounds.groups
+            )));
+        }
+        for found in found_groups {
             let nodes = nodes
                 .nodes_of(&found.group)
                 .await
                 .map_err(DrainError::registry_unavailable)?;
             for node in nodes.iter() {
                 deliveries.insert((node.clone(), app.clone()));
+            }
+            if deliveries.len() > bounds.nodes {
+                return Err(too_large(format!(
+                    "it would notify more than drain.max_nodes ({}) gateway nodes",
+                    bounds.nodes
+                )));
             }
             routes.push(Route {
                 app: app.clone(),

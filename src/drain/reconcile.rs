@@ -181,15 +181,17 @@ impl Orchestrator {
         if released.is_empty() {
             return;
         }
-        if let Err(e) = self.store.release_holds(std::slice::from_ref(&key)).await {
-            error!(app = %hold.app, instance = %hold.instance_id, "cannot record the end of a hold: {e}");
-        }
+        // Counted as soon as the hold is gone from memory, before the store is written: a
+        // reader who sees no hold finds it counted.
         self.metrics
             .holds_ended
             .get_or_create(&HoldEndLabels {
                 why: why.as_str().into(),
             })
             .inc();
+        if let Err(e) = self.store.release_holds(std::slice::from_ref(&key)).await {
+            error!(app = %hold.app, instance = %hold.instance_id, "cannot record the end of a hold: {e}");
+        }
         if why == HoldEnd::Departed
             && let Some(memory) = self.registry.operator_state_outlives_instance()
         {

@@ -82,6 +82,9 @@ pub enum DrainError {
     IdempotencyKeyReused(String),
     #[error("a request with Idempotency-Key '{0}' is still being handled")]
     IdempotencyKeyInFlight(String),
+    /// The plan is larger than `drain.max_*` allows; nothing was changed.
+    #[error("{0}")]
+    PlanTooLarge(String),
     #[error("the gateway groups cannot be looked up: {0}")]
     Groups(#[source] GroupsError),
     #[error(transparent)]

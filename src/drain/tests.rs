@@ -125,7 +125,8 @@ async fn groups_that_cannot_be_asked_stop_it_before_the_registry() {
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .operations;
     assert!(journaled.is_empty(), "nothing was journaled: {journaled:?}");
 }
 

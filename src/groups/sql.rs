@@ -7,6 +7,10 @@
 //! keeps serving for `groups.sql.stale_max`, with a warning, a metric and `/readyz` saying
 //! so; past that, or for an app never read, the answer is "cannot be looked up", and the
 //! operation stops before the registry (synchspeed cannot know whom to tell).
+//!
+//! The query runs on connections that are read-only and whose server stops a statement past
+//! `groups.sql.statement_timeout`: a mistaken `DELETE ... RETURNING` fails instead of deleting
+//! on every dry run, and a slow query does not keep running after synchspeed gave up on it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -14,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use sqlx::mysql::{MySql, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
+use sqlx::mysql::{MySql, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::{AssertSqlSafe, Column, Database, Executor, SqlSafeStr, Statement, Type, TypeInfo};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -78,19 +82,33 @@ pub struct SqlGroups {
     metrics: Arc<Metrics>,
 }
 
-/// The names in one column, canonical; a row that names no usable group is logged and left
-/// out rather than failing every operation of the app.
-fn group_names(app: &str, names: Vec<String>) -> Vec<AppName> {
-    names
-        .into_iter()
-        .filter_map(|name| match AppName::parse(&name) {
-            Ok(group) => Some(group),
+/// The names in one column, canonical, each once. A row that names no usable group (a NULL,
+/// a name that is no app name) is skipped with a warning naming the app and the row, and
+/// counted: one bad row must not fail every operation of the app, let alone readiness.
+fn group_names(app: &str, names: Vec<Option<String>>, metrics: &Metrics) -> Vec<AppName> {
+    let mut groups: Vec<AppName> = Vec::with_capacity(names.len());
+    for (row, name) in names.into_iter().enumerate() {
+        let Some(name) = name else {
+            warn!(
+                app,
+                row = row + 1,
+                "the route table has a row with no group (NULL); skipped"
+            );
+            metrics.groups_rows_skipped.inc();
+            continue;
+        };
+        match AppName::parse(&name) {
+            Ok(group) if !groups.contains(&group) => groups.push(group),
+            // The same group in several rows is one route.
+            Ok(_) => {}
             Err(e) => {
-                warn!(app, group = %name, "the route table names a group that is no app name: {e}");
-                None
+                warn!(app, row = row + 1, group = %name,
+                    "the route table names a group that is no app name: {e}; skipped");
+                metrics.groups_rows_skipped.inc();
             }
-        })
-        .collect()
+        }
+    }
+    groups
 }
 
 impl SqlGroups {
@@ -101,21 +119,34 @@ impl SqlGroups {
         metrics: Arc<Metrics>,
     ) -> Result<Self, SqlGroupsError> {
         let url = settings.url.expose();
+        let timeout_ms = settings.statement_timeout.as_millis().max(1);
         let pool = match settings.dialect {
             SqlDialect::MySql => Pool::MySql(
                 MySqlPoolOptions::new()
                     .max_connections(settings.pool_size)
                     .acquire_timeout(settings.connect_timeout)
+                    .after_connect(move |connection, _| {
+                        Box::pin(async move { mysql_session(connection, timeout_ms).await })
+                    })
                     .connect_lazy(url)
                     .map_err(SqlGroupsError::Url)?,
             ),
-            SqlDialect::Postgres => Pool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(settings.pool_size)
-                    .acquire_timeout(settings.connect_timeout)
-                    .connect_lazy(url)
-                    .map_err(SqlGroupsError::Url)?,
-            ),
+            SqlDialect::Postgres => {
+                // Sent with the connection's start-up packet: no round trip of their own.
+                let options = url
+                    .parse::<PgConnectOptions>()
+                    .map_err(SqlGroupsError::Url)?
+                    .options([
+                        ("default_transaction_read_only", "on".to_owned()),
+                        ("statement_timeout", timeout_ms.to_string()),
+                    ]);
+                Pool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(settings.pool_size)
+                        .acquire_timeout(settings.connect_timeout)
+                        .connect_lazy_with(options),
+                )
+            }
         };
         let groups = Self {
             pool,
@@ -176,7 +207,8 @@ impl SqlGroups {
     /// The groups of one app, as the table says now.
     async fn ask(&self, app: &AppName) -> Result<Vec<AppName>, ReadError> {
         let query = AssertSqlSafe(self.settings.query.clone());
-        let names: BoxFuture<'_, Result<Vec<String>, sqlx::Error>> = match &self.pool {
+        // Decoded as optional: a NULL is a bad row to skip, not a failed read.
+        let names: BoxFuture<'_, Result<Vec<Option<String>>, sqlx::Error>> = match &self.pool {
             Pool::MySql(pool) => {
                 Box::pin(sqlx::query_scalar(query).bind(app.as_str()).fetch_all(pool))
             }
@@ -185,30 +217,34 @@ impl SqlGroups {
             }
         };
         let names = self.bounded(names).await?;
-        Ok(group_names(app.as_str(), names))
+        Ok(group_names(app.as_str(), names, &self.metrics))
     }
 
     /// The whole mapping at once (`all_query`).
     async fn ask_all(&self, all_query: &str) -> Result<HashMap<AppName, Vec<AppName>>, ReadError> {
         let query = AssertSqlSafe(all_query.to_owned());
-        let pairs: BoxFuture<'_, Result<Vec<(String, String)>, sqlx::Error>> = match &self.pool {
+        type Pair = (Option<String>, Option<String>);
+        let pairs: BoxFuture<'_, Result<Vec<Pair>, sqlx::Error>> = match &self.pool {
             Pool::MySql(pool) => Box::pin(sqlx::query_as(query).fetch_all(pool)),
             Pool::Postgres(pool) => Box::pin(sqlx::query_as(query).fetch_all(pool)),
         };
-        let mut mapping: HashMap<AppName, Vec<AppName>> = HashMap::new();
-        for (app, group) in self.bounded(pairs).await? {
-            let Ok(app_name) = AppName::parse(&app) else {
-                warn!(app = %app, "the route table names an app that is no app name; skipped");
+        let mut by_app: HashMap<AppName, Vec<Option<String>>> = HashMap::new();
+        for (row, (app, group)) in self.bounded(pairs).await?.into_iter().enumerate() {
+            let Some(app_name) = app.as_deref().and_then(|app| AppName::parse(app).ok()) else {
+                warn!(app = ?app, row = row + 1,
+                    "the route table (all_query) has a row whose app is NULL or no app name; skipped");
+                self.metrics.groups_rows_skipped.inc();
                 continue;
             };
-            let groups = mapping.entry(app_name).or_default();
-            for group in group_names(&app, vec![group]) {
-                if !groups.contains(&group) {
-                    groups.push(group);
-                }
-            }
+            by_app.entry(app_name).or_default().push(group);
         }
-        Ok(mapping)
+        Ok(by_app
+            .into_iter()
+            .map(|(app, names)| {
+                let groups = group_names(app.as_str(), names, &self.metrics);
+                (app, groups)
+            })
+            .collect())
     }
 
     async fn bounded<T>(
@@ -302,6 +338,32 @@ impl SqlGroups {
             .min();
         oldest.map_or(Duration::ZERO, |at| at.elapsed())
     }
+}
+
+/// Every statement of a MySQL or MariaDB connection runs read-only and is stopped by the
+/// server past `statement_timeout`: the operator's query is a read, and a client that gave up
+/// must not leave it running. MariaDB bounds statements with `max_statement_time` (seconds),
+/// MySQL 5.7+ its SELECTs with `max_execution_time` (milliseconds).
+async fn mysql_session(
+    connection: &mut MySqlConnection,
+    timeout_ms: u128,
+) -> Result<(), sqlx::Error> {
+    connection
+        .execute("SET SESSION TRANSACTION READ ONLY")
+        .await?;
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&mut *connection)
+        .await?;
+    let bound = if version.to_ascii_lowercase().contains("mariadb") {
+        format!(
+            "SET SESSION max_statement_time = {}",
+            timeout_ms as f64 / 1000.0
+        )
+    } else {
+        format!("SET SESSION max_execution_time = {timeout_ms}")
+    };
+    connection.execute(AssertSqlSafe(bound)).await?;
+    Ok(())
 }
 
 /// How a query's shape check ended when it did not pass.

@@ -21,27 +21,39 @@ pub async fn authorize(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let caller = identify(&state, peer, request.headers())?;
+    let relayed = relayed_for(&state, request.headers()).await?;
+    let caller = identify(&state, peer, relayed, request.headers())?;
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 
 /// The caller a follower relayed this call for, when it proves it is one of this
-/// deployment's replicas; `None` for every other call (the header alone proves nothing).
-fn relayed_for(state: &AppState, headers: &HeaderMap) -> Option<IpAddr> {
-    use subtle::ConstantTimeEq;
-    let role = state.cluster.as_ref()?;
-    let secret = headers.get(relay::SECRET)?.as_bytes();
-    if !bool::from(secret.ct_eq(role.relay_secret.as_bytes())) {
-        tracing::warn!("a call named a relay secret that is not this deployment's");
-        return None;
+/// deployment's replicas; `None` for a call that names no relay secret. A call that names
+/// one this deployment does not know (after reading it again from the store) is refused with
+/// nothing done: a follower then reads its own again and retries, and a forged one learns
+/// nothing (the header alone proves nothing).
+async fn relayed_for(state: &AppState, headers: &HeaderMap) -> Result<Option<IpAddr>, ApiError> {
+    let (Some(role), Some(secret)) = (state.cluster.as_ref(), headers.get(relay::SECRET)) else {
+        return Ok(None);
+    };
+    if !role.relay_secret.verify(secret.as_bytes()).await {
+        tracing::warn!("a call named a relay secret that is not this deployment's; refused");
+        return Err(ApiError::RelayRefused);
     }
-    headers.get(relay::CALLER)?.to_str().ok()?.parse().ok()
+    Ok(headers
+        .get(relay::CALLER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok()))
 }
 
-fn identify(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<Caller, ApiError> {
+fn identify(
+    state: &AppState,
+    peer: SocketAddr,
+    relayed: Option<IpAddr>,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
     let security = &state.security;
-    let addr = match relayed_for(state, headers) {
+    let addr = match relayed {
         // The follower judged the caller's address where its connection arrived.
         Some(addr) => addr,
         None => client_addr(&security.policy, peer.ip(), headers)?,

@@ -4,9 +4,11 @@
 //! attacker's that resolves to it (DNS rebinding). Programs (curl, deploy platforms, the CLI)
 //! send neither `Origin` nor `Sec-Fetch-*` and are not concerned.
 //!
-//! A browser request is served only when its `Host` is an address, `localhost`, or a name in
-//! `security.hostnames`, and its `Origin` (when it has one) is this service itself or one of
-//! `security.allowed_origins`. Bodies are JSON only (`body.rs`), so a form or a `text/plain`
+//! Every API request is served only when its `Host` is an address, `localhost`, or a name in
+//! `security.hostnames` (the cluster's advertised name is one): a page under a rebound name
+//! reads nothing, not even with a same-origin GET, which carries neither `Origin` nor
+//! `Sec-Fetch-*` in every browser. A browser request's `Origin` (when it has one) must be this
+//! service itself or one of `security.allowed_origins`. Bodies are JSON only (`body.rs`), so a form or a `text/plain`
 //! POST, which a page may send anywhere without asking, is refused too.
 
 use std::net::IpAddr;
@@ -43,24 +45,50 @@ fn is_browser(headers: &HeaderMap) -> bool {
     headers.contains_key(ORIGIN) || headers.contains_key(SEC_FETCH_SITE)
 }
 
+/// Whether `name` is one synchspeed is reached by: an address, `localhost`, or a name of
+/// `security.hostnames` (`*.example` covers every name under `example`).
+fn known_host(name: &str, policy: &BrowserPolicy) -> bool {
+    let name = name.trim_end_matches('.');
+    name.parse::<IpAddr>().is_ok()
+        || name == "localhost"
+        || policy
+            .hostnames
+            .iter()
+            .any(|known| match known.strip_prefix("*.") {
+                Some(parent) => name
+                    .strip_suffix(parent)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => known == name,
+            })
+}
+
+/// The request's `Host`, lower case, as it was sent (`None` without one: HTTP/1.0 programs).
+fn host(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(HOST)?;
+    Some(value.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+}
+
+/// Why a request under this `Host` is refused, if it is (every API request).
+fn judge_host(headers: &HeaderMap, policy: &BrowserPolicy) -> Result<(), String> {
+    let Some(host) = host(headers) else {
+        return Ok(());
+    };
+    let name = host_name(&host);
+    if known_host(name, policy) {
+        Ok(())
+    } else {
+        Err(format!(
+            "synchspeed was reached as '{name}', which is not one of its names: add it to \
+             security.hostnames, or call it by its address (a foreign name is how DNS \
+             rebinding reaches a service)"
+        ))
+    }
+}
+
 /// Why a browser request is refused, if it is.
 fn judge(headers: &HeaderMap, policy: &BrowserPolicy) -> Result<(), String> {
-    let host = headers
-        .get(HOST)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    let name = host_name(&host);
-    let known_host = name.parse::<IpAddr>().is_ok()
-        || name == "localhost"
-        || policy.hostnames.iter().any(|known| known == name);
-    if !known_host {
-        return Err(format!(
-            "a browser reached synchspeed as '{name}', which is not one of its names \
-             (security.hostnames)"
-        ));
-    }
+    judge_host(headers, policy)?;
+    let host = host(headers).unwrap_or_default();
     match headers
         .get(ORIGIN)
         .map(|value| value.to_str().unwrap_or("?"))
@@ -91,12 +119,16 @@ pub async fn guard(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if is_browser(request.headers()) {
-        judge(request.headers(), &state.security.browser).map_err(|why| {
-            tracing::warn!("browser request refused: {why}");
-            ApiError::Forbidden(format!("{why}; nothing was done"))
-        })?;
-    }
+    let policy = &state.security.browser;
+    let judged = if is_browser(request.headers()) {
+        judge(request.headers(), policy)
+    } else {
+        judge_host(request.headers(), policy)
+    };
+    judged.map_err(|why| {
+        tracing::warn!("request refused: {why}");
+        ApiError::Forbidden(format!("{why}; nothing was done"))
+    })?;
     Ok(next.run(request).await)
 }
 
@@ -159,6 +191,35 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_program_is_refused_under_a_foreign_name_and_served_under_its_own() {
+        let judge = |host| judge_host(&headers(&[("host", host)]), &policy());
+        assert!(
+            judge("evil.example:8080").is_err(),
+            "a same-origin read of a rebound page"
+        );
+        assert!(judge("10.0.0.1:8080").is_ok());
+        assert!(judge("[fd00::1]:8080").is_ok());
+        assert!(judge("localhost").is_ok());
+        assert!(judge("synchspeed.internal:8080").is_ok());
+        assert!(judge("synchspeed.internal.:8080").is_ok(), "the root dot");
+        assert!(
+            judge_host(&HeaderMap::new(), &policy()).is_ok(),
+            "HTTP/1.0 sends no Host"
+        );
+        let wildcard = BrowserPolicy {
+            hostnames: vec!["*.svc.cluster.local".into()],
+            allowed_origins: Vec::new(),
+        };
+        let under = |host| judge_host(&headers(&[("host", host)]), &wildcard);
+        assert!(under("synchspeed.default.svc.cluster.local").is_ok());
+        assert!(
+            under("svc.cluster.local").is_err(),
+            "the parent itself is not under it"
+        );
+        assert!(under("evilsvc.cluster.local").is_err());
     }
 
     #[test]

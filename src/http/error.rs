@@ -21,6 +21,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A call named a relay secret that is not this deployment's (`cluster::secret`).
+    #[error("this call names a relay secret that is not this deployment's; nothing was done")]
+    RelayRefused,
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     #[error("{0}")]
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RelayRefused => (StatusCode::FORBIDDEN, "relay_refused"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
@@ -144,6 +148,7 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let unauthorized = matches!(self, ApiError::Unauthorized(_));
+        let relay_refused = matches!(self, ApiError::RelayRefused);
         let operation = match self {
             ApiError::RegistryRefused { operation, .. }
             | ApiError::Unavailable { operation, .. } => operation,
@@ -161,6 +166,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if relay_refused {
+            response.headers_mut().insert(
+                crate::cluster::secret::REFUSED,
+                HeaderValue::from_static("secret"),
+            );
         }
         if unauthorized {
             response
@@ -240,6 +251,10 @@ impl From<DrainError> for ApiError {
             DrainError::RegistryRefused { message, operation } => ApiError::RegistryRefused {
                 message: format!("the registry refused the change: {message}; no gateway was told"),
                 operation: Some(operation),
+            },
+            DrainError::PlanTooLarge(message) => ApiError::Unprocessable {
+                code: "plan_too_large",
+                message,
             },
             error @ DrainError::IdempotencyKeyReused(_) => ApiError::Unprocessable {
                 code: "idempotency_key_reused",

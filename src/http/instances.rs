@@ -81,7 +81,7 @@ async fn change(
         (status = 404, description = "No registered instance matches", body = ErrorBody),
         (status = 409, description = "The same Idempotency-Key is still being handled", body = ErrorBody),
         (status = 413, body = ErrorBody),
-        (status = 422, description = "The Idempotency-Key was used for another request", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used for another request, or the operation carries more than drain.max_* allow (plan_too_large)", body = ErrorBody),
         (status = 429, body = ErrorBody),
         (status = 502, description = "Registry refused (error body), or wait=true and some nodes failed (the operation, state partial)", body = Operation),
         (status = 503, description = "Registry unreachable: nothing changed", body = ErrorBody),
@@ -115,7 +115,9 @@ pub async fn post_offline(
     responses(
         (status = 200, body = Operation), (status = 202, body = Operation),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, description = "The operation carries more than drain.max_* allow (plan_too_large)", body = ErrorBody),
+        (status = 429, body = ErrorBody),
         (status = 502, body = Operation), (status = 503, body = ErrorBody), (status = 504, body = Operation),
     )
 )]

@@ -50,7 +50,7 @@ pub struct AppState {
 pub struct ClusterRole {
     pub leadership: Arc<crate::cluster::lease::Leadership>,
     /// A follower relaying a call proves itself with it (`cluster::relay`).
-    pub relay_secret: Arc<str>,
+    pub relay_secret: Arc<crate::cluster::secret::RelaySecret>,
     pub replica: Arc<str>,
 }
 

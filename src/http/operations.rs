@@ -20,6 +20,10 @@ use crate::store::OperationFilter;
 /// Default and largest page of the list.
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
+/// A page of the list ends once its records add up to this (the first is always in it; one
+/// operation at the `drain.max_*` bounds is a few megabytes): the answer stays a few MB and
+/// the memory it takes with it, whatever `limit` says.
+const LIST_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Largest batch: enough for a whole fleet, small enough to plan in one go.
 pub const MAX_TARGETS: usize = 5000;
 
@@ -64,13 +68,19 @@ pub struct ListQuery {
     pub app: Option<String>,
     /// planned, in_progress, succeeded, partial or failed.
     pub state: Option<String>,
-    /// At most this many (default 50, at most 500).
+    /// At most this many (default 50, at most 500); a page also ends at about 4 MB.
     pub limit: Option<u32>,
+    /// Only operations older than this one: the `next` of the previous page.
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OperationList {
     pub operations: Vec<Operation>,
+    /// When the page is full (by `limit` or by size), the `before` that reads the next one;
+    /// absent when this page is the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Recent operations, newest first.
@@ -100,6 +110,10 @@ pub async fn list_operations(
                     .map_err(|e| ApiError::bad_request("invalid_option", e))
             })
             .transpose()?,
+        before: given(query.before)
+            .map(|id| parse_operation_id(&id))
+            .transpose()?,
+        max_bytes: LIST_MAX_BYTES,
         limit: match query.limit {
             None => DEFAULT_LIMIT,
             Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
@@ -111,8 +125,13 @@ pub async fn list_operations(
             }
         },
     };
-    let operations = state.orchestrator.operations(&filter).await?;
-    Ok(ok(OperationList { operations }))
+    let page = state.orchestrator.operations(&filter).await?;
+    let next = page
+        .more
+        .then(|| page.operations.last().map(|op| op.id.to_string()))
+        .flatten();
+    let operations = page.operations;
+    Ok(ok(OperationList { operations, next }))
 }
 
 /// A batch: several targets in one operation (one registry step, one fan-out in which each
@@ -168,7 +187,9 @@ pub struct BatchTarget {
     responses(
         (status = 200, body = Operation), (status = 202, body = Operation),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used for another request, or the operation carries more than drain.max_* allow (plan_too_large)", body = ErrorBody),
+        (status = 429, body = ErrorBody),
         (status = 502, body = Operation), (status = 503, body = ErrorBody), (status = 504, body = Operation),
     )
 )]

@@ -7,12 +7,19 @@
 //! * The peer is judged when its connection is accepted, before a byte is read: a peer that
 //!   is no allowed caller, trusted proxy or prober gets a canned 403 and the connection is
 //!   closed.
-//! * At most `server.max_connections` are open, and at most `server.max_connections_per_ip`
-//!   from one address, so one hostile host cannot take every slot from the deploy platform;
-//!   past either, a new connection gets a canned 503 at once.
+//! * At most `server.max_connections` are open from callers, and at most
+//!   `server.max_connections_per_ip` from one address, so one hostile host cannot take every
+//!   slot from the deploy platform; past either, a new connection gets a canned 503 at once.
+//! * Peers admitted only as probers (`security.probes`: kubelets, scrapers, and by default
+//!   anyone) draw on a budget of their own, `server.max_probe_connections`: however many
+//!   connections they leave unfinished, an allowed caller still gets in.
 //! * hyper's header timer bounds both a request's head and the idle wait for the next request
 //!   on a keep-alive connection (`server.header_read_timeout`); the body has its own bound
 //!   (`body.rs`).
+//! * A connection that opens with HTTP/2's preface (h2c with prior knowledge) is served as
+//!   HTTP/2: at most [`H2_STREAMS`] requests at once, pinged while idle, and closed (GOAWAY,
+//!   the streams under way finish) once no request has started for
+//!   `server.header_read_timeout`, as an idle HTTP/1 connection is.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,8 +29,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +40,7 @@ use tracing::{debug, warn};
 
 use super::unparsed::Enveloped;
 use crate::domain::ip::canonical;
-use crate::domain::policy::CallerPolicy;
+use crate::domain::policy::{Admission, CallerPolicy};
 use crate::sync::lock;
 use crate::telemetry::{Metrics, RefusedLabels};
 
@@ -42,6 +49,15 @@ use crate::telemetry::{Metrics, RefusedLabels};
 /// by `unparsed.rs`, with less detail) are left for heads no client sends.
 const HYPER_BUFFER: usize = 1024 * 1024;
 const HYPER_HEADERS: usize = 1000;
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Enough of it to tell it from every HTTP/1 method (`PROPFIND` shares `PR`).
+const H2_PREFACE_DECIDES: usize = 4;
+/// Requests at once on one HTTP/2 connection.
+const H2_STREAMS: u32 = 64;
+/// How often the first bytes are looked at again while too few have come to decide.
+const PEEK_AGAIN: Duration = Duration::from_millis(10);
 
 /// How long the accept loop pauses after an accept error (out of file descriptors): retrying
 /// at once would spin a core while nothing can be accepted anyway.
@@ -55,6 +71,8 @@ pub struct Listener {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Connections at once from peers admitted as probers only.
+    pub max_probe_connections: usize,
     pub metrics: Arc<Metrics>,
     /// Cancelled to stop: no new connection is accepted, open ones finish their request.
     pub shutdown: CancellationToken,
@@ -87,7 +105,8 @@ static BUSY: LazyLock<Vec<u8>> = LazyLock::new(|| {
         "503 Service Unavailable",
         "too_many_connections",
         "synchspeed has as many connections open as it takes from this address or from all \
-         (server.max_connections_per_ip, server.max_connections); retry shortly",
+         (server.max_connections_per_ip, server.max_connections, or for probers \
+         server.max_probe_connections); retry shortly",
         "retry-after: 1\r\n",
     )
 });
@@ -135,6 +154,7 @@ impl Listener {
     /// Accepts until `shutdown`, then waits for the open connections to finish.
     pub async fn run(self) -> std::io::Result<()> {
         let open = Arc::new(Semaphore::new(self.max_connections));
+        let probing = Arc::new(Semaphore::new(self.max_probe_connections));
         let per_ip = Arc::new(PerIp::default());
         let connections = TaskTracker::new();
         loop {
@@ -150,19 +170,26 @@ impl Listener {
                     continue;
                 }
             };
-            if !self.policy.admits(peer.ip()) {
+            let Some(admission) = self.policy.admission(peer.ip()) else {
                 debug!(peer = %peer.ip(), "connection refused: no allowed caller, trusted proxy or prober");
                 self.refuse(stream, &FORBIDDEN, "forbidden");
                 continue;
-            }
+            };
             let Some(slot) = per_ip.take(canonical(peer.ip()), self.max_connections_per_ip) else {
                 debug!(peer = %peer.ip(), "connection refused: server.max_connections_per_ip are open from it");
                 self.refuse(stream, &BUSY, "busy");
                 continue;
             };
-            let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-                warn!(peer = %peer.ip(), open = self.max_connections,
-                    "connection refused: server.max_connections are open");
+            let (budget, limit, key) = match admission {
+                Admission::Caller => (&open, self.max_connections, "server.max_connections"),
+                Admission::Prober => (
+                    &probing,
+                    self.max_probe_connections,
+                    "server.max_probe_connections",
+                ),
+            };
+            let Ok(permit) = Arc::clone(budget).try_acquire_owned() else {
+                warn!(peer = %peer.ip(), open = limit, "connection refused: {key} are open");
                 self.refuse(stream, &BUSY, "busy");
                 continue;
             };
@@ -205,17 +232,81 @@ struct Connection {
     metrics: Arc<Metrics>,
 }
 
+/// Whether the peer opens with HTTP/2's preface, looked at without taking it from the
+/// socket. Waits (within `within`) only while the few bytes come one by one.
+async fn opens_with_h2_preface(stream: &TcpStream, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut first = [0u8; H2_PREFACE_DECIDES];
+    loop {
+        let Ok(Ok(seen)) = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await else {
+            return false;
+        };
+        if seen == 0 || first[..seen] != H2_PREFACE[..seen] {
+            return false;
+        }
+        if seen == H2_PREFACE_DECIDES {
+            return true;
+        }
+        if tokio::time::Instant::now() + PEEK_AGAIN > deadline {
+            return false;
+        }
+        tokio::time::sleep(PEEK_AGAIN).await;
+    }
+}
+
+/// When an HTTP/2 connection last started a request: idle past the header timeout, it is
+/// closed as an idle HTTP/1 connection is.
+async fn idle_for(last_request: &Mutex<tokio::time::Instant>, timeout: Duration) {
+    loop {
+        let since = lock(last_request).elapsed();
+        if since >= timeout {
+            return;
+        }
+        tokio::time::sleep(timeout - since).await;
+    }
+}
+
 impl Connection {
     async fn serve(self) {
         let _ = self.stream.set_nodelay(true);
         self.metrics.connections_open.inc();
+        let h2 = opens_with_h2_preface(&self.stream, self.header_read_timeout).await;
         let peer = self.peer;
         let router = self.router;
+        let last_request = Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let started = Arc::clone(&last_request);
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            *lock(&started) = tokio::time::Instant::now();
             // What `ConnectInfo<SocketAddr>` reads: the caller check judges the TCP peer.
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
+        if h2 {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_STREAMS)
+                .max_header_list_size(HYPER_BUFFER as u32)
+                .keep_alive_interval(Some(self.header_read_timeout))
+                .keep_alive_timeout(self.header_read_timeout)
+                .serve_connection(TokioIo::new(self.stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = self.shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+                () = idle_for(&last_request, self.header_read_timeout) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            self.metrics.connections_open.dec();
+            if let Err(e) = result {
+                debug!(peer = %peer, "HTTP/2 connection ended: {e}");
+            }
+            return;
+        }
         // hyper's limits sit well above synchspeed's, which the router enforces with the
         // error envelope (`observe.rs`); what hyper refuses itself (a head past its limits,
         // one that does not parse) is put in the envelope on its way out (`unparsed.rs`).

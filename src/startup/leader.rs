@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::cluster::fenced::{FencedNotifier, FencedRegistry};
 use crate::cluster::lease::Leadership;
+use crate::cluster::secret::RelaySecret;
 use crate::config::{GatewaySettings, GroupsSettings, NotifierKind, Settings};
 use crate::drain::{Orchestrator, Parts};
 use crate::drain::{reassert, reconcile};
@@ -38,7 +39,7 @@ pub(super) struct LeaderParts {
     pub(super) background: TaskTracker,
     /// With several replicas: the lease (fencing the registry and the gateways), the relay
     /// secret, and this replica's name.
-    pub(super) cluster: Option<(Arc<Leadership>, Arc<str>, String)>,
+    pub(super) cluster: Option<(Arc<Leadership>, Arc<RelaySecret>, String)>,
 }
 
 /// Builds the orchestrator over the store's state and starts the leader's background work:

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::cluster::Election;
 use crate::cluster::lease::LeaseRow;
 use crate::cluster::relay::{self, RelayState};
+use crate::cluster::secret::RelaySecret;
 use crate::config::{RegistrySettings, Settings, StoreKind, StoreSettings};
 use crate::drain::Orchestrator;
 use crate::http::server::Listener;
@@ -192,11 +193,11 @@ impl Application {
                     advertise,
                     settings.cluster.lease,
                 );
-                let secret: Arc<str> = row
-                    .relay_secret()
-                    .await
-                    .context("reading the relay secret from the store")?
-                    .into();
+                let secret = Arc::new(
+                    RelaySecret::load(pg.pool().clone())
+                        .await
+                        .context("reading the relay secret from the store")?,
+                );
                 let election = Arc::new(Election::new(row, replica.clone(), Arc::clone(&metrics)));
                 let switch = RouterSwitch::default();
                 switch.set(relay::router(RelayState {
@@ -204,6 +205,8 @@ impl Application {
                     leader: election.leader(),
                     secret: Arc::clone(&secret),
                     policy: settings.security.policy.clone(),
+                    body_limit: settings.server.body_limit,
+                    body_read_timeout: settings.server.body_read_timeout,
                     store: pg.clone(),
                     metrics: Arc::clone(&metrics),
                     replica: replica.as_str().into(),
@@ -230,6 +233,7 @@ impl Application {
                 header_read_timeout: settings.server.header_read_timeout,
                 max_connections: settings.server.max_connections,
                 max_connections_per_ip: settings.server.max_connections_per_ip,
+                max_probe_connections: settings.server.max_probe_connections,
                 metrics,
                 shutdown: shutdown.clone(),
             }

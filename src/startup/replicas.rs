@@ -69,7 +69,7 @@ impl RouterSwitch {
 pub(super) struct Campaign {
     pub(super) election: Arc<Election>,
     pub(super) pg: PgStore,
-    pub(super) secret: Arc<str>,
+    pub(super) secret: Arc<crate::cluster::secret::RelaySecret>,
     pub(super) replica: String,
     pub(super) parts: LeaderParts,
     pub(super) switch: RouterSwitch,

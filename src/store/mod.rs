@@ -73,6 +73,27 @@ pub struct OperationFilter {
     pub app: Option<AppName>,
     pub state: Option<OperationState>,
     pub limit: u32,
+    /// Only operations older than this one (the previous page's `next`).
+    pub before: Option<OperationId>,
+    /// The page ends once its operations' records add up to this many bytes (the first is
+    /// always in it): a list must never build an answer of hundreds of megabytes. 0: no
+    /// bound (internal reads that want every match).
+    pub max_bytes: usize,
+}
+
+/// One page of the audit trail, newest first.
+#[derive(Debug, Default)]
+pub struct OperationPage {
+    pub operations: Vec<Operation>,
+    /// More operations match past this page (it was cut by `limit` or by `max_bytes`).
+    pub more: bool,
+}
+
+/// Whether a page that holds `bytes` so far may take one more record of `more` bytes.
+fn page_has_room(filter: &OperationFilter, taken: usize, bytes: usize, more: usize) -> bool {
+    taken == 0
+        || (taken < filter.limit as usize
+            && (filter.max_bytes == 0 || bytes + more <= filter.max_bytes))
 }
 
 /// An `Idempotency-Key` as journaled with the operation it created.
@@ -124,7 +145,7 @@ pub trait Store: Send + Sync {
 
     async fn operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
 
-    async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError>;
+    async fn operations(&self, filter: &OperationFilter) -> Result<OperationPage, StoreError>;
 
     /// For every IP, the newest operation that touched it (target or instance).
     async fn last_operation_ids(&self) -> Result<Vec<(IpAddr, OperationId)>, StoreError>;

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::{
-    DesiredState, IdempotencyKey, OperationFilter, Store, StoreError, decode_key,
+    DesiredState, IdempotencyKey, OperationFilter, OperationPage, Store, StoreError, decode_key,
     decode_last_operation, decode_operation, encode_operation,
 };
 use crate::domain::{AppName, Hold, InstanceKey, Operation, OperationId, OperationState, Status};
@@ -327,8 +328,8 @@ impl Store for PgStore {
         row.map(|row| decode_operation(row.get("body"))).transpose()
     }
 
-    async fn operations(&self, filter: &OperationFilter) -> Result<Vec<Operation>, StoreError> {
-        let rows = sqlx::query(
+    async fn operations(&self, filter: &OperationFilter) -> Result<OperationPage, StoreError> {
+        let mut rows = sqlx::query(
             "SELECT o.body FROM operations o
              WHERE ($1::text IS NULL OR o.state = $1)
                AND ($2::text IS NULL OR o.id IN (
@@ -337,18 +338,31 @@ impl Store for PgStore {
                AND ($3::text IS NULL OR o.id IN (
                      SELECT id FROM operations WHERE app = $3
                      UNION SELECT operation_id FROM operation_instances WHERE app = $3))
+               AND ($5::text IS NULL OR o.id < $5)
              ORDER BY o.id DESC
-             LIMIT $4",
+             LIMIT $4 + 1",
         )
         .bind(filter.state.map(OperationState::as_str))
         .bind(filter.ip.map(|ip| ip.to_string()))
         .bind(filter.app.as_ref().map(AppName::as_str))
         .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| decode_operation(row.get("body")))
-            .collect()
+        .bind(filter.before.as_ref().map(ToString::to_string))
+        .fetch(&self.pool);
+        // Read as a stream and cut at the page's byte budget: only what the page holds is
+        // ever in memory, however large the records are.
+        // One row past `limit` is asked for: it says whether there is more.
+        let mut page = OperationPage::default();
+        let mut bytes = 0;
+        while let Some(row) = rows.try_next().await? {
+            let body: &str = row.get("body");
+            if !super::page_has_room(filter, page.operations.len(), bytes, body.len()) {
+                page.more = true;
+                break;
+            }
+            bytes += body.len();
+            page.operations.push(decode_operation(body)?);
+        }
+        Ok(page)
     }
 
     async fn last_operation_ids(&self) -> Result<Vec<(IpAddr, OperationId)>, StoreError> {

@@ -294,3 +294,159 @@ async fn static_and_sql_together_are_the_union_each_group_once_with_its_source()
     );
     assert_eq!(eureka.status("ORDER-SERVICE", ORDER).as_deref(), Some("UP"));
 }
+
+/// A NULL group and a duplicated row in the gateway team's table: the bad row is skipped and
+/// counted, the app's other groups are told once each, and readiness is not touched (one bad
+/// row must not take every replica out of rotation).
+async fn a_bad_row_is_skipped_and_the_service_stays_ready(kind: Kind) {
+    let db = RouteDb::create(kind).await;
+    db.run(match kind {
+        Kind::MariaDb => "ALTER TABLE gw_route MODIFY gateway_group VARCHAR(255) NULL",
+        Kind::Postgres => "ALTER TABLE gw_route ALTER COLUMN gateway_group DROP NOT NULL",
+    })
+    .await;
+    db.route("order-service", "GATEWAY-PUBLIC").await;
+    db.route("order-service", "GATEWAY-PUBLIC").await;
+    db.run("INSERT INTO gw_route (service_id, gateway_group) VALUES ('order-service', NULL)")
+        .await;
+    let public = GatewayNode::start(Behaviour::Ack).await;
+    let eureka = registry().await;
+    let app = TestApp::spawn(
+        config(&eureka, &db, "\"sql\"", "").nodes("GATEWAY-PUBLIC", vec![public.address()]),
+    )
+    .await;
+    let response = app
+        .post("/api/v1/instances/10.0.0.5/offline?wait=true")
+        .await;
+    assert_eq!(response.status(), 200);
+    let operation: Value = response.json().await.unwrap();
+    let groups: Vec<&str> = operation["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|route| route["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        groups,
+        vec!["GATEWAY-PUBLIC"],
+        "each group once: {operation}"
+    );
+    assert_eq!(public.received().len(), 1);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let skipped = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("synchspeed_groups_rows_skipped_total "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(skipped.parse::<u64>().unwrap() >= 1, "{skipped}");
+}
+
+#[tokio::test]
+async fn a_null_group_in_mariadb_is_a_skipped_row_not_an_outage() {
+    a_bad_row_is_skipped_and_the_service_stays_ready(Kind::MariaDb).await;
+}
+
+#[tokio::test]
+async fn a_null_group_in_postgresql_is_a_skipped_row_not_an_outage() {
+    a_bad_row_is_skipped_and_the_service_stays_ready(Kind::Postgres).await;
+}
+
+/// The operator's query is run read-only: a mistaken `DELETE ... RETURNING` deletes nothing,
+/// even on a dry run, and the operation stops before the registry.
+async fn a_writing_query_deletes_nothing(kind: Kind) {
+    let db = RouteDb::create(kind).await;
+    db.route("order-service", "GATEWAY-PUBLIC").await;
+    let query = match kind {
+        Kind::MariaDb => "DELETE FROM gw_route WHERE upper(service_id) = ? RETURNING gateway_group",
+        Kind::Postgres => {
+            "DELETE FROM gw_route WHERE upper(service_id) = $1 RETURNING gateway_group"
+        }
+    };
+    let eureka = registry().await;
+    let app = TestApp::spawn(TestConfig::eureka(&[eureka.url()]).groups_sql(
+        "\"sql\"",
+        &format!("url = \"{}\"\nquery = \"{query}\"", db.url()),
+    ))
+    .await;
+    for path in [
+        "/api/v1/instances/10.0.0.5/offline?dry_run=true",
+        "/api/v1/instances/10.0.0.5/offline",
+    ] {
+        let response = app.post(path).await;
+        assert_eq!(response.status(), 503, "{path}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap().to_lowercase();
+        assert!(
+            message.contains("read-only") || message.contains("read only"),
+            "the database's refusal is said: {body}"
+        );
+    }
+    assert_eq!(db.rows().await, 1, "the route table lost a row");
+    assert_eq!(eureka.status("ORDER-SERVICE", ORDER).as_deref(), Some("UP"));
+}
+
+#[tokio::test]
+async fn a_delete_returning_query_deletes_nothing_in_mariadb() {
+    a_writing_query_deletes_nothing(Kind::MariaDb).await;
+}
+
+#[tokio::test]
+async fn a_delete_returning_query_deletes_nothing_in_postgresql() {
+    a_writing_query_deletes_nothing(Kind::Postgres).await;
+}
+
+/// A query slower than `statement_timeout` is stopped by the database too, not only given up
+/// on by synchspeed: no server session keeps running it.
+async fn a_slow_query_is_stopped_by_the_server(kind: Kind) {
+    let db = RouteDb::create(kind).await;
+    db.route("order-service", "GATEWAY-PUBLIC").await;
+    let (query, running) = match kind {
+        Kind::MariaDb => (
+            "SELECT gateway_group FROM gw_route WHERE upper(service_id) = ? AND SLEEP(30) = 0",
+            format!(
+                "SELECT COUNT(*) FROM information_schema.processlist \
+                 WHERE db = '{}' AND info LIKE '%SLEEP(30)%' AND id <> CONNECTION_ID()",
+                db.name()
+            ),
+        ),
+        Kind::Postgres => (
+            "SELECT gateway_group FROM gw_route WHERE upper(service_id) = $1 \
+             AND pg_sleep(30) IS NOT NULL",
+            format!(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{}' \
+                 AND state = 'active' AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()",
+                db.name()
+            ),
+        ),
+    };
+    let eureka = registry().await;
+    let app = TestApp::spawn(TestConfig::eureka(&[eureka.url()]).groups_sql(
+        "\"sql\"",
+        &format!(
+            "url = \"{}\"\nquery = \"{query}\"\nstatement_timeout = \"1s\"",
+            db.url()
+        ),
+    ))
+    .await;
+    for _ in 0..3 {
+        let response = app
+            .post("/api/v1/instances/10.0.0.5/offline?dry_run=true")
+            .await;
+        assert_eq!(response.status(), 503);
+    }
+    eventually("no server session runs the slow query", || async {
+        db.count(&running).await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_query_is_stopped_by_mariadb() {
+    a_slow_query_is_stopped_by_the_server(Kind::MariaDb).await;
+}
+
+#[tokio::test]
+async fn a_slow_query_is_stopped_by_postgresql() {
+    a_slow_query_is_stopped_by_the_server(Kind::Postgres).await;
+}

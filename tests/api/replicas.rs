@@ -443,8 +443,8 @@ async fn a_follower_relays_tokens_streams_and_caller_addresses_as_one_service() 
     assert_eq!(offline["caller"]["principal"], "deployer", "{offline}");
 
     // A caller naming an address itself, without the deployment's relay secret, is not
-    // believed.
-    let forged: Value = a
+    // believed: refused, with nothing done.
+    let forged = a
         .client
         .post(a.url("/api/v1/instances/10.0.0.7/offline?wait=true"))
         .bearer_auth(TOKEN)
@@ -452,11 +452,17 @@ async fn a_follower_relays_tokens_streams_and_caller_addresses_as_one_service() 
         .header("x-synchspeed-relay-secret", "guessed")
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    assert_eq!(forged["caller"]["addr"], "127.0.0.1", "{forged}");
+    assert_eq!(forged.status(), 403);
+    let forged: Value = forged.json().await.unwrap();
+    assert_eq!(forged["error"]["code"], "relay_refused", "{forged}");
+    assert_eq!(
+        eureka
+            .status("PAYMENT-SERVICE", "10.0.0.7:payment-service:8080")
+            .as_deref(),
+        Some("UP"),
+        "nothing was done"
+    );
 
     // An operation's event stream, through the follower, to its end.
     let stream = b
@@ -510,4 +516,59 @@ async fn a_leader_stopped_cleanly_hands_over_at_once_not_at_the_end_of_its_lease
         .await;
     assert_eq!(offline.status(), 200);
     assert_eq!(node.received().len(), 1);
+}
+
+/// The store created anew under a running deployment holds a new relay secret: the leader
+/// reads it again when a call names another, and a follower the leader refuses reads its own
+/// again and retries, so the caller is still recorded as itself, never as the follower.
+#[tokio::test]
+async fn a_relay_secret_changed_in_the_store_is_read_again_by_both_ends() {
+    let Some(db) = StoreDb::create().await else {
+        return;
+    };
+    let eureka = EurekaDouble::with_order_and_payment().await;
+    let node = GatewayNode::start(Behaviour::Ack).await;
+    let config = TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .route("PAYMENT-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()])
+        .security("allow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\ntrusted_proxies = [\"127.0.0.1\"]");
+    let (a, b) = leader_and_follower(&config, &db).await;
+    db.execute(
+        "UPDATE relay_secret SET secret = 'the-secret-of-a-new-store-0123456789' WHERE id = 1",
+    )
+    .await;
+    // A call naming the store's new secret: the leader reads its own again and believes it.
+    let direct: Value = a
+        .client
+        .post(a.url(&format!("/api/v1/instances/{IP}/offline?wait=true")))
+        .header("x-synchspeed-relayed-for", "192.0.2.20")
+        .header(
+            "x-synchspeed-relay-secret",
+            "the-secret-of-a-new-store-0123456789",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(direct["caller"]["addr"], "192.0.2.20", "{direct}");
+    // The follower still has the old one: refused by the leader, it reads it again and retries.
+    let relayed = b
+        .client
+        .post(b.url("/api/v1/instances/10.0.0.7/offline?wait=true"))
+        .header("X-Forwarded-For", "192.0.2.10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relayed.status(), 200);
+    let relayed: Value = relayed.json().await.unwrap();
+    assert_eq!(relayed["caller"]["addr"], "192.0.2.10", "{relayed}");
+    assert_eq!(
+        eureka
+            .status("PAYMENT-SERVICE", "10.0.0.7:payment-service:8080")
+            .as_deref(),
+        Some("OUT_OF_SERVICE")
+    );
 }

@@ -139,6 +139,23 @@ impl RouteDb {
         .await;
     }
 
+    /// A count the test asks the server for (`SELECT COUNT(*) ...`).
+    pub async fn count(&self, sql: &str) -> i64 {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match &self.pool {
+            Pool::My(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Pool::Pg(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// How many rows the route table has (it exists, and nothing dropped or emptied it).
     pub async fn rows(&self) -> i64 {
         match &self.pool {

@@ -46,6 +46,15 @@ impl StoreDb {
         format!("{}/{}", self.admin, self.name)
     }
 
+    /// Runs a statement of the test's on the store's database (as another process would).
+    pub async fn execute(&self, sql: &str) {
+        let mut conn = sqlx::PgConnection::connect(&self.url()).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
     /// The server's address (to put a proxy in front of it).
     pub fn server_addr(&self) -> std::net::SocketAddr {
         let url = url::Url::parse(&self.admin).unwrap();

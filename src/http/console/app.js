@@ -196,9 +196,14 @@ async function confirmAction(event) {
 
 // --- the live stream of everything -----------------------------------------------------
 
-async function stream(path, signal, onEvent) {
+async function stream(path, signal, onEvent, onOpen) {
   const response = await fetch(path, { headers: headers({ Accept: "text/event-stream" }), signal });
-  if (!response.ok) throw new Error("stream " + response.status);
+  if (!response.ok) {
+    const error = new Error("stream " + response.status);
+    error.status = response.status;
+    throw error;
+  }
+  if (onOpen) onOpen();
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -228,16 +233,36 @@ function refreshSoon() {
   refreshTimer = setTimeout(() => { loadHolds().catch(() => {}); loadOps().catch(() => {}); }, 250);
 }
 
+// Resolved when the token form is submitted: a stream refused for its token waits for one
+// rather than asking again and again with the same (missing) token.
+let tokenEntered = null;
+function nextToken() {
+  return new Promise((resolve) => { tokenEntered = resolve; });
+}
+
+const RETRY_FIRST_MS = 2000;
+const RETRY_MAX_MS = 60000;
+
 async function followEverything() {
+  let wait = RETRY_FIRST_MS;
   for (;;) {
+    let connected = false;
     try {
-      $("live").textContent = "live";
+      $("live").textContent = "connecting";
       await stream("/api/v1/events", undefined, (event) => {
         if (event === "started" || event === "settled" || event === "lagged") refreshSoon();
-      });
-    } catch (_) { /* reconnect below */ }
-    $("live").textContent = "reconnecting";
-    await new Promise((resolve) => setTimeout(resolve, 2000));
+      }, () => { connected = true; wait = RETRY_FIRST_MS; $("live").textContent = "live"; });
+    } catch (error) {
+      if (error.status === 401 || error.status === 403) {
+        $("live").textContent = error.status === 401 ? "enter the token" : "not allowed";
+        await nextToken();
+        continue;
+      }
+    }
+    // Broken off or refused for another reason: back off, doubling up to a minute.
+    $("live").textContent = "reconnecting in " + Math.round(wait / 1000) + " s";
+    await new Promise((resolve) => setTimeout(resolve, wait));
+    wait = connected ? RETRY_FIRST_MS : Math.min(wait * 2, RETRY_MAX_MS);
   }
 }
 
@@ -255,6 +280,7 @@ function start() {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
     say("");
+    if (tokenEntered) { tokenEntered(); tokenEntered = null; }
     principals.clear();
     loadHolds().catch(() => {});
     loadOps().catch(() => {});
