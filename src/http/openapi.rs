@@ -97,6 +97,8 @@ fn constraint(name: &str) -> Option<Value> {
         "app" => json!({"pattern": "^[^\\s\\x00-\\x1f\\x7f-\\x9f]{0,255}$"}),
         "Idempotency-Key" => json!({"pattern": "^[!-~]{1,255}$"}),
         "id" => json!({"pattern": "^op_[0-7][0-9A-HJKMNP-TV-Z]{25}$"}),
+        // The previous page's `next`; empty is no cursor.
+        "before" => json!({"pattern": "^(op_[0-7][0-9A-HJKMNP-TV-Z]{25})?$"}),
         "targets" => json!({"minItems": 1, "maxItems": crate::http::operations::MAX_TARGETS}),
         _ => return None,
     })

@@ -60,7 +60,9 @@ async fn a_slowloris_host_neither_locks_out_the_deploy_platform_nor_keeps_its_co
     for _ in 0..100 {
         let mut stream = connect_from("127.0.0.2", target).await;
         let _ = stream
-            .write_all(b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+            .write_all(
+                b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a",
+            )
             .await;
         slow.push(stream);
     }
@@ -136,7 +138,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     let app = TestApp::spawn(hardened(&eureka)).await;
     let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
     stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let seen = read_until_closed(&mut stream).await;
@@ -151,7 +153,7 @@ async fn a_body_that_never_finishes_is_408_and_one_declared_too_large_is_413_unr
     let mut stalled = TcpStream::connect(addr(&app)).await.unwrap();
     stalled
         .write_all(
-            b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: x\r\n\
+            b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: 127.0.0.1\r\n\
               content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"reason\":",
         )
         .await
@@ -164,7 +166,7 @@ async fn a_body_that_never_finishes_is_408_and_one_declared_too_large_is_413_unr
     let mut large = TcpStream::connect(addr(&app)).await.unwrap();
     large
         .write_all(
-            b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: x\r\n\
+            b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: 127.0.0.1\r\n\
               content-type: application/json\r\ncontent-length: 10000000\r\n\
               expect: 100-continue\r\n\r\n",
         )
@@ -196,7 +198,7 @@ async fn an_oversized_head_is_answered_in_the_envelope() {
     let mut long = TcpStream::connect(addr(&app)).await.unwrap();
     let path = format!("/api/v1/instances/10.0.0.5?{}", "a=1&".repeat(5000));
     long.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -212,7 +214,7 @@ async fn an_oversized_head_is_answered_in_the_envelope() {
     let mut many = TcpStream::connect(addr(&app)).await.unwrap();
     let headers: String = (0..150).map(|n| format!("X-Filler-{n}: {n}\r\n")).collect();
     many.write_all(
-        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
+        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n")
             .as_bytes(),
     )
     .await
@@ -265,9 +267,9 @@ async fn a_request_that_does_not_parse_is_a_400_in_the_envelope() {
     let eureka = EurekaDouble::with_order_service().await;
     let app = TestApp::spawn(hardened(&eureka)).await;
     let unparseable: [&[u8]; 4] = [
-        b"GARBAGE\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GARBAGE\x01 / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n",
-        b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /api/v1/instances/10.0.0.5/offline HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     ];
     for request in unparseable {
@@ -283,7 +285,7 @@ async fn a_request_that_does_not_parse_is_a_400_in_the_envelope() {
     let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
     stream
         .write_all(
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n",
         )
         .await
         .unwrap();

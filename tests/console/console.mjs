@@ -38,14 +38,24 @@ try {
   const errors = [];
   page.on("pageerror", (error) => errors.push(String(error)));
 
-  // Without the token, the page says it needs one.
+  const streams = [];
+  page.on("request", (request) => {
+    if (request.url() === base + "/api/v1/events") streams.push(request.url());
+  });
+
+  // Without the token, the page says it needs one, and its live stream waits for it rather
+  // than asking again and again.
   await page.goto(base + "/ui");
   await page.getByRole("alert").filter({ hasText: "token" }).waitFor();
+  await page.locator("#live").getByText("enter the token").waitFor();
 
   await page.fill("#token", token);
   await page.click("#token-form button");
   await page.locator("#holds").getByText("None.").waitFor();
   await page.locator("#live").getByText("live").waitFor();
+  if (streams.length !== 2) {
+    throw new Error("the event stream was asked for " + streams.length + " times, not once without the token and once with it");
+  }
 
   // An offline made through the API appears as a hold, live, without a reload.
   const offline = await api("POST", "/api/v1/instances/10.0.0.5/offline?wait=true&reason=api%20drain");
