@@ -58,6 +58,16 @@ async fn main() -> ExitCode {
             // --help and --version are no errors; anything else is bad usage (64).
             let usage = error.use_stderr();
             let _ = error.print();
+            if usage && wants_json() {
+                // Scripts that asked for JSON parse every outcome, bad usage included.
+                let rendered = error.render().to_string();
+                let message = rendered.lines().next().unwrap_or("bad usage").trim();
+                let message = message.strip_prefix("error: ").unwrap_or(message);
+                println!(
+                    "{}",
+                    serde_json::json!({"error": {"code": "bad_usage", "message": message}})
+                );
+            }
             return if usage {
                 ExitCode::from(EXIT_USAGE)
             } else {
@@ -101,6 +111,15 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command line asks for `--output json` (read by hand: it did not parse).
+fn wants_json() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|arg| arg == "--output=json")
+        || args
+            .windows(2)
+            .any(|pair| pair[0] == "--output" && pair[1] == "json")
 }
 
 fn invalid_configuration(error: &ConfigError) -> ExitCode {

@@ -145,6 +145,9 @@ pub enum ClientCommand {
         state: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only operations older than this one: the previous page's last (the API's `next`).
+        #[arg(long)]
+        before: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -231,9 +234,11 @@ async fn dispatch(client: &Client, command: ClientCommand) -> Result<Exit, Failu
             app,
             state,
             limit,
+            before,
             connection,
         } => {
             let mut query = vec![("limit", limit.to_string())];
+            query.extend(before.map(|before| ("before", before)));
             query.extend(ip.map(|ip| ("ip", ip)));
             query.extend(app.map(|app| ("app", app)));
             query.extend(state.map(|state| ("state", state)));
@@ -484,6 +489,9 @@ fn hold_lines(held: &Value) -> Vec<String> {
 }
 
 fn operation_lines(list: &Value) -> Vec<String> {
+    let more = list["next"]
+        .as_str()
+        .map(|next| format!("more: synchspeed ops --before {next}"));
     items(&list["operations"])
         .iter()
         .map(|op| {
@@ -498,6 +506,7 @@ fn operation_lines(list: &Value) -> Vec<String> {
                     .unwrap_or("?")
             )
         })
+        .chain(more)
         .collect()
 }
 

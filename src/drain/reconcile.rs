@@ -220,6 +220,12 @@ impl Orchestrator {
         let Some(mut operation) = self.store.operation(id).await? else {
             return Ok(true);
         };
+        // Its fan-out has finished but its settle is not journaled yet (the journal is
+        // written behind the answers): the record read here would be overwritten by it, and
+        // what this retry adds lost. The next pass finds it settled.
+        if operation.state == OperationState::InProgress {
+            return Ok(true);
+        }
         if !operation
             .gateways
             .iter()

@@ -336,3 +336,22 @@ async fn terminal_escapes_from_the_server_are_shown_escaped_and_json_stays_exact
     let exact = client(&url, &["holds", "--output", "json"]).await;
     assert_eq!(json_of(&exact), holds);
 }
+
+#[tokio::test]
+async fn bad_usage_with_json_output_is_json_too() {
+    let run = client(
+        "http://127.0.0.1:9",
+        &["holds", "--output", "json", "--bogus"],
+    )
+    .await;
+    assert_eq!(run.code, 64, "{}{}", run.stdout, run.stderr);
+    let error = json_of(&run);
+    assert_eq!(error["error"]["code"], "bad_usage", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--bogus"),
+        "{error}"
+    );
+}
