@@ -68,6 +68,22 @@ impl Orchestrator {
         let planning = self.metrics.time(Step::Plan);
         let plan = self.plan(&request.targets).await?;
         drop(planning);
+        // The reconciler decides to re-assert outside the lane; an online queued before it
+        // may have ended the hold meanwhile, and must stay the last word.
+        if request.origin == Origin::Reconciler && request.action == Action::Offline {
+            let still_held = |instance: &crate::domain::Instance| {
+                self.holds
+                    .on_ip(instance.ip)
+                    .iter()
+                    .any(|hold| hold.key() == instance.key())
+            };
+            if let Some(free) = plan.instances.iter().find(|instance| !still_held(instance)) {
+                return Err(DrainError::NoLongerHeld(format!(
+                    "{} {}",
+                    free.app, free.instance_id
+                )));
+            }
+        }
         if request.action == Action::Offline
             && !request.force
             && let Some(operation) = self.holding_operation(&plan).await?

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::reconcile::{Verdict, judge};
-use super::{DrainOutcome, DrainRequest, Orchestrator};
+use super::{DrainError, DrainOutcome, DrainRequest, Orchestrator};
 use crate::domain::operation::RECONCILER_PRINCIPAL;
 use crate::domain::{Action, Caller, HoldEnd, Instance, InstanceKey, Origin, Status, Target};
 use crate::registry::{Observed, Sighting};
@@ -247,6 +247,9 @@ pub(super) async fn reassert(
             info!(operation = %operation.id, "re-assertion accepted by the registry; gateways told again");
         }
         Ok(_) => {}
+        Err(e @ DrainError::NoLongerHeld(_)) => {
+            info!(app = %instance.app, instance = %instance.instance_id, "{e}");
+        }
         Err(e) => {
             error!(app = %instance.app, instance = %instance.instance_id,
                 "cannot re-assert OUT_OF_SERVICE: {e}");

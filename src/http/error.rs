@@ -252,6 +252,10 @@ impl From<DrainError> for ApiError {
                 message: format!("the registry refused the change: {message}; no gateway was told"),
                 operation: Some(operation),
             },
+            error @ DrainError::NoLongerHeld(_) => ApiError::Conflict {
+                code: "no_longer_held",
+                message: error.to_string(),
+            },
             DrainError::PlanTooLarge(message) => ApiError::Unprocessable {
                 code: "plan_too_large",
                 message,

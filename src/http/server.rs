@@ -273,10 +273,14 @@ impl Connection {
         let h2 = opens_with_h2_preface(&self.stream, self.header_read_timeout).await;
         let peer = self.peer;
         let router = self.router;
+        // Only HTTP/2 needs to know when its last request started (HTTP/1's header timer
+        // covers the idle wait).
         let last_request = Arc::new(Mutex::new(tokio::time::Instant::now()));
-        let started = Arc::clone(&last_request);
+        let started = h2.then(|| Arc::clone(&last_request));
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            *lock(&started) = tokio::time::Instant::now();
+            if let Some(started) = &started {
+                *lock(started) = tokio::time::Instant::now();
+            }
             // What `ConnectInfo<SocketAddr>` reads: the caller check judges the TCP peer.
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)

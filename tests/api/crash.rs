@@ -77,7 +77,7 @@ async fn sigterm_stops_accepting_and_lets_the_fan_out_finish_before_exiting() {
     let operation: Value = response.json().await.unwrap();
     let id = operation["id"].as_str().unwrap().to_owned();
     eventually("the slow node has the notification", || async {
-        slow.received().len() == 1
+        slow.operations_heard() == 1
     })
     .await;
 
@@ -124,7 +124,7 @@ async fn sigterm_past_the_grace_journals_the_fan_out_and_the_next_start_finishes
     let operation: Value = response.json().await.unwrap();
     let id = operation["id"].as_str().unwrap().to_owned();
     eventually("both nodes were tried", || async {
-        answering.received().len() == 1 && hanging.attempts() == 1
+        answering.operations_heard() == 1 && hanging.attempts() == 1
     })
     .await;
 

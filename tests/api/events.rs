@@ -218,7 +218,14 @@ async fn a_reader_that_reads_nothing_holds_no_drain_back() {
             .await;
         assert_eq!(response.status(), 200, "round {round}");
     }
-    assert_eq!(node.received().len(), 20);
+    // Every operation reached the node (counted by operation: on a busy machine an answer
+    // slower than the attempt's timeout is sent again, which the protocol allows).
+    let operations: std::collections::HashSet<String> = node
+        .received()
+        .iter()
+        .map(|received| received.body["operationId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(operations.len(), 20);
 }
 
 #[tokio::test]

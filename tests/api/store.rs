@@ -149,7 +149,7 @@ async fn an_operation_left_in_progress_is_resumed_on_the_next_start(store: Optio
     let operation: Value = response.json().await.unwrap();
     let id = operation["id"].as_str().unwrap().to_owned();
     eventually("the answering node acknowledged", || async {
-        answering.received().len() == 1
+        answering.operations_heard() == 1
     })
     .await;
 

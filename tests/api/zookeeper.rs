@@ -157,7 +157,7 @@ async fn an_instance_writing_its_own_copy_back_is_taken_out_again_but_a_new_regi
     })
     .await;
     eventually("the gateway is told again", || async {
-        gateway.received().len() == 2
+        gateway.operations_heard() == 2
     })
     .await;
     let operations: Value = app.get_json("/api/v1/operations?ip=10.0.0.5").await;

@@ -94,6 +94,16 @@ impl GatewayNode {
         self.inner.lock().unwrap().received.clone()
     }
 
+    /// How many operations it heard of: a notification sent again (its answer was slower
+    /// than the attempt's timeout on a busy machine, which the protocol allows) counts once.
+    pub fn operations_heard(&self) -> usize {
+        let received = self.received();
+        let mut ids: Vec<&Value> = received.iter().map(|r| &r.body["operationId"]).collect();
+        ids.sort_by_key(|id| id.to_string());
+        ids.dedup();
+        ids.len()
+    }
+
     /// Forgets what it received so far (attempts are still counted).
     pub fn forget_received(&self) {
         self.inner.lock().unwrap().received = Vec::new();
