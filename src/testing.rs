@@ -71,6 +71,15 @@ impl MemoryRegistry {
         lock(&self.writes).clone()
     }
 
+    /// The registry changes a status by itself (a re-registration overwriting synchspeed's).
+    pub(crate) fn overwrite(&self, instance_id: &str, status: Status) {
+        for instance in lock(&self.instances).iter_mut() {
+            if &*instance.instance_id == instance_id {
+                instance.status = status;
+            }
+        }
+    }
+
     pub(crate) fn status_of(&self, instance_id: &str) -> Status {
         lock(&self.instances)
             .iter()

@@ -68,21 +68,12 @@ impl Orchestrator {
         let planning = self.metrics.time(Step::Plan);
         let plan = self.plan(&request.targets).await?;
         drop(planning);
-        // The reconciler decides to re-assert outside the lane; an online queued before it
-        // may have ended the hold meanwhile, and must stay the last word.
+        // The reconciler decides to re-assert outside the lane: by its turn an online may
+        // have ended the hold, or the operation that took the instance out may have finished
+        // writing it. Judged again here, at the source, so that only a loss still standing
+        // is re-asserted.
         if request.origin == Origin::Reconciler && request.action == Action::Offline {
-            let still_held = |instance: &crate::domain::Instance| {
-                self.holds
-                    .on_ip(instance.ip)
-                    .iter()
-                    .any(|hold| hold.key() == instance.key())
-            };
-            if let Some(free) = plan.instances.iter().find(|instance| !still_held(instance)) {
-                return Err(DrainError::NoLongerHeld(format!(
-                    "{} {}",
-                    free.app, free.instance_id
-                )));
-            }
+            self.still_lost(&plan).await?;
         }
         if request.action == Action::Offline
             && !request.force
@@ -126,6 +117,36 @@ impl Orchestrator {
             None => Ok(DrainOutcome::Accepted(receiver.borrow().clone())),
             Some(timeout) => Ok(wait_for(receiver, timeout, &self.grace_over).await),
         }
+    }
+
+    /// Every planned instance is still held and still shows UP on some registry peer (asked
+    /// at the source); else what superseded the re-assertion.
+    async fn still_lost(&self, plan: &Plan) -> Result<(), DrainError> {
+        let by_time = self.registry.registration_time_identifies_process();
+        for instance in &plan.instances {
+            let hold = self
+                .holds
+                .on_ip(instance.ip)
+                .into_iter()
+                .find(|hold| hold.key() == instance.key());
+            let Some(hold) = hold else {
+                return Err(DrainError::Superseded(format!(
+                    "{} {} is no longer held",
+                    instance.app, instance.instance_id
+                )));
+            };
+            let sightings = self.registry.sightings(&hold.key(), instance.ip).await;
+            if !matches!(
+                super::reconcile::judge(&hold, &sightings, by_time),
+                super::reconcile::Verdict::Lost(_)
+            ) {
+                return Err(DrainError::Superseded(format!(
+                    "{} {} is no longer UP on any registry peer",
+                    instance.app, instance.instance_id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// When every planned instance is already held and out of service: the operation that

@@ -82,6 +82,10 @@ pub async fn keep_held_offline(
             Observed::Left { key, ip } => judge_departure(&orchestrator, &key, ip).await,
             Observed::PeerBack(peer) => {
                 info!(peer = %peer, "a registry peer answers again; checking every hold now");
+                // The re-assertions tried while it was away could not reach it: they are no
+                // instance reverting what synchspeed wrote, and their back-off must not keep
+                // what it missed from being written now.
+                crate::sync::lock(&orchestrator.reassertions).retain(|_| false);
                 orchestrator.recheck.notify_one();
             }
         }
@@ -247,7 +251,7 @@ pub(super) async fn reassert(
             info!(operation = %operation.id, "re-assertion accepted by the registry; gateways told again");
         }
         Ok(_) => {}
-        Err(e @ DrainError::NoLongerHeld(_)) => {
+        Err(e @ DrainError::Superseded(_)) => {
             info!(app = %instance.app, instance = %instance.instance_id, "{e}");
         }
         Err(e) => {

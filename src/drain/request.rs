@@ -82,10 +82,12 @@ pub enum DrainError {
     IdempotencyKeyReused(String),
     #[error("a request with Idempotency-Key '{0}' is still being handled")]
     IdempotencyKeyInFlight(String),
-    /// A re-assertion decided while its instance was held, whose turn came after an online
-    /// (or a departure) ended the hold: the caller's word is the last, nothing is changed.
-    #[error("{0} is no longer held; the re-assertion is dropped")]
-    NoLongerHeld(String),
+    /// A re-assertion whose turn (its lane) came after what it was decided on changed: an
+    /// online or a departure ended the hold (the caller's word is the last), or the registry
+    /// shows the instance out of service again (the operation that held it was still
+    /// writing). Nothing is changed.
+    #[error("{0}; the re-assertion is dropped")]
+    Superseded(String),
     /// The plan is larger than `drain.max_*` allows; nothing was changed.
     #[error("{0}")]
     PlanTooLarge(String),

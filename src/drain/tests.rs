@@ -13,6 +13,7 @@ use crate::domain::{
     Action, Caller, FailureCode, Operation, OperationState, Origin, Status, Target,
 };
 use crate::groups::StaticGroups;
+use crate::registry::Registry;
 use crate::store::Store;
 use crate::testing::{
     APP, Answer, GROUP, NODES, UnreachableGroups, app, harness, harness_with, ip, orchestrator_on,
@@ -286,6 +287,10 @@ async fn a_re_assertion_continues_the_hold_it_enforces() {
     let renewed = h.orchestrator.holds()[0].since;
     assert!(renewed > since, "an API call starts a new hold");
     tokio::time::sleep(Duration::from_millis(5)).await;
+    // The registry lost the override (what a re-assertion is for).
+    for instance in h.registry.instances_on(ip("10.0.0.6")).await.unwrap() {
+        h.registry.overwrite(&instance.instance_id, Status::Up);
+    }
     let mut reassertion = request(Action::Offline, "10.0.0.6");
     reassertion.force = true;
     reassertion.origin = Origin::Reconciler;

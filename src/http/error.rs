@@ -252,8 +252,8 @@ impl From<DrainError> for ApiError {
                 message: format!("the registry refused the change: {message}; no gateway was told"),
                 operation: Some(operation),
             },
-            error @ DrainError::NoLongerHeld(_) => ApiError::Conflict {
-                code: "no_longer_held",
+            error @ DrainError::Superseded(_) => ApiError::Conflict {
+                code: "superseded",
                 message: error.to_string(),
             },
             DrainError::PlanTooLarge(message) => ApiError::Unprocessable {

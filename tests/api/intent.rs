@@ -89,7 +89,7 @@ async fn an_eureka_fast_restart_with_the_same_id_is_re_asserted_on_every_peer() 
     })
     .await;
     eventually("the gateway is told again", || async {
-        node.operations_heard() == 2
+        node.operations_heard() >= 2
     })
     .await;
     let reassertion = operations(&app, "ip=10.0.0.5")
@@ -133,7 +133,7 @@ async fn a_peer_that_missed_the_offline_catches_up_when_it_is_back() {
     eventually("b catches up", || async { status(&b) == "OUT_OF_SERVICE" }).await;
     assert_eq!(status(&a), "OUT_OF_SERVICE");
     eventually("the gateway is told again", || async {
-        node.operations_heard() == 2
+        node.operations_heard() >= 2
     })
     .await;
 }
@@ -226,7 +226,11 @@ async fn a_node_down_for_a_while_is_told_once_it_is_back_and_the_operation_updat
     .await;
     let operation = app.operation(&id).await;
     assert_eq!(operation["state"], "succeeded", "{operation}");
-    assert!(operation["gateways"][0]["attempts"].as_u64().unwrap() > u64::from(tried));
+    assert!(
+        operation["gateways"][0]["attempts"].as_u64().unwrap() > u64::from(tried),
+        "tried {tried}, the node counted {}: {operation}",
+        node.attempts()
+    );
     assert_eq!(node.received().len(), 1);
     assert_eq!(node.received()[0].body["operationId"], id.as_str());
 }
@@ -452,7 +456,7 @@ async fn a_fast_restart_on_eureka_is_re_asserted_from_the_refresh_not_the_period
     })
     .await;
     eventually("the gateway is told again", || async {
-        node.operations_heard() == 2
+        node.operations_heard() >= 2
     })
     .await;
     assert!(reassertions(&app, "change").await >= 1);
