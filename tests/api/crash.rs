@@ -123,8 +123,16 @@ async fn sigterm_past_the_grace_journals_the_fan_out_and_the_next_start_finishes
     let response = app.post("/api/v1/instances/10.0.0.5/offline").await;
     let operation: Value = response.json().await.unwrap();
     let id = operation["id"].as_str().unwrap().to_owned();
-    eventually("both nodes were tried", || async {
-        answering.operations_heard() == 1 && hanging.attempts() == 1
+    // The answer as synchspeed has it, not only the node's copy: on a busy machine the node
+    // has the notification a while before its answer is read.
+    eventually("both nodes were tried, one answer read", || async {
+        let operation = app.operation(&id).await;
+        hanging.attempts() == 1
+            && operation["gateways"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|node| node["node"] == answering.address() && node["state"] == "acked")
     })
     .await;
 
