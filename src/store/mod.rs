@@ -89,11 +89,29 @@ pub struct OperationPage {
     pub more: bool,
 }
 
-/// Whether a page that holds `bytes` so far may take one more record of `more` bytes.
-fn page_has_room(filter: &OperationFilter, taken: usize, bytes: usize, more: usize) -> bool {
-    taken == 0
-        || (taken < filter.limit as usize
-            && (filter.max_bytes == 0 || bytes + more <= filter.max_bytes))
+/// A page of the audit trail read from its records as they stream in (newest first, one
+/// past `limit` asked for), cut at `limit` or `max_bytes`: only what the page holds is ever in
+/// memory, however large the records are. The first record is always in it.
+async fn read_page(
+    mut bodies: impl futures::Stream<Item = Result<String, sqlx::Error>> + Unpin,
+    filter: &OperationFilter,
+) -> Result<OperationPage, StoreError> {
+    use futures::TryStreamExt;
+    let mut page = OperationPage::default();
+    let mut bytes = 0;
+    while let Some(body) = bodies.try_next().await? {
+        let taken = page.operations.len();
+        let has_room = taken == 0
+            || (taken < filter.limit as usize
+                && (filter.max_bytes == 0 || bytes + body.len() <= filter.max_bytes));
+        if !has_room {
+            page.more = true;
+            break;
+        }
+        bytes += body.len();
+        page.operations.push(decode_operation(&body)?);
+    }
+    Ok(page)
 }
 
 /// An `Idempotency-Key` as journaled with the operation it created.
@@ -171,4 +189,42 @@ pub trait Store: Send + Sync {
     async fn file_statuses(&self) -> Result<HashMap<InstanceKey, Status>, StoreError>;
 
     async fn set_file_status(&self, key: &InstanceKey, status: Status) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(count: usize) -> Vec<String> {
+        (0..count)
+            .map(|_| encode_operation(&crate::testing::operation_on("10.0.0.5")).unwrap())
+            .collect()
+    }
+
+    async fn page(bodies: Vec<String>, limit: u32, max_bytes: usize) -> OperationPage {
+        let filter = OperationFilter {
+            limit,
+            max_bytes,
+            ..Default::default()
+        };
+        read_page(futures::stream::iter(bodies.into_iter().map(Ok)), &filter)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_page_ends_at_its_limit_or_its_bytes_and_says_whether_there_is_more() {
+        let size = records(1)[0].len();
+        // The store asks for one past the limit: that one says there is more.
+        let full = page(records(4), 3, 0).await;
+        assert_eq!((full.operations.len(), full.more), (3, true));
+        let last = page(records(2), 3, 0).await;
+        assert_eq!((last.operations.len(), last.more), (2, false));
+        // Two records' worth of bytes: the third waits for the next page.
+        let cut = page(records(4), 3, 2 * size + size / 2).await;
+        assert_eq!((cut.operations.len(), cut.more), (2, true));
+        // A record larger than the budget still comes, alone.
+        let alone = page(records(3), 3, size / 2).await;
+        assert_eq!((alone.operations.len(), alone.more), (1, true));
+    }
 }

@@ -330,7 +330,7 @@ impl Store for SqliteStore {
     }
 
     async fn operations(&self, filter: &OperationFilter) -> Result<OperationPage, StoreError> {
-        let mut rows = sqlx::query(
+        let rows = sqlx::query(
             "SELECT o.body FROM operations o
              WHERE (?1 IS NULL OR o.state = ?1)
                AND (?2 IS NULL OR o.id IN (
@@ -349,21 +349,7 @@ impl Store for SqliteStore {
         .bind(i64::from(filter.limit))
         .bind(filter.before.as_ref().map(ToString::to_string))
         .fetch(&self.readers);
-        // Read as a stream and cut at the page's byte budget: only what the page holds is
-        // ever in memory, however large the records are.
-        // One row past `limit` is asked for: it says whether there is more.
-        let mut page = OperationPage::default();
-        let mut bytes = 0;
-        while let Some(row) = rows.try_next().await? {
-            let body: &str = row.get("body");
-            if !super::page_has_room(filter, page.operations.len(), bytes, body.len()) {
-                page.more = true;
-                break;
-            }
-            bytes += body.len();
-            page.operations.push(decode_operation(body)?);
-        }
-        Ok(page)
+        super::read_page(rows.map_ok(|row| row.get("body")), filter).await
     }
 
     async fn last_operation_ids(&self) -> Result<Vec<(IpAddr, OperationId)>, StoreError> {
