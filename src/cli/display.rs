@@ -120,6 +120,90 @@ pub fn instance_lines(operation: &Value) -> Vec<String> {
         .collect()
 }
 
+/// An array's items; none for anything else (a field the server left out).
+fn items(value: &Value) -> &[Value] {
+    value.as_array().map_or(&[][..], Vec::as_slice)
+}
+
+/// `status`: each instance on the IP, held or not, and the last operation.
+pub fn status_lines(view: &Value) -> Vec<String> {
+    let mut lines: Vec<String> = items(&view["instances"])
+        .iter()
+        .map(|i| {
+            format!(
+                "{} {} port {}: {}{}",
+                i["app"].as_str().unwrap_or("?"),
+                i["instanceId"].as_str().unwrap_or("?"),
+                i["port"],
+                i["status"].as_str().unwrap_or("?"),
+                if i["held"] == true {
+                    " (held offline by synchspeed)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push(format!(
+            "no instance registered on {}",
+            view["ip"].as_str().unwrap_or("?")
+        ));
+    }
+    if view["lastOperation"].is_object() {
+        lines.push(format!(
+            "last operation: {}",
+            summary(&view["lastOperation"])
+        ));
+    }
+    lines
+}
+
+/// `holds`: what is held offline, since when, by which operation.
+pub fn hold_lines(held: &Value) -> Vec<String> {
+    let holds = items(&held["instances"]);
+    if holds.is_empty() {
+        return vec!["nothing is held offline".into()];
+    }
+    holds
+        .iter()
+        .map(|h| {
+            format!(
+                "{} {} ({}:{}) since {} by {}",
+                h["app"].as_str().unwrap_or("?"),
+                h["instanceId"].as_str().unwrap_or("?"),
+                h["ip"].as_str().unwrap_or("?"),
+                h["port"],
+                h["since"].as_str().unwrap_or("?"),
+                h["operationId"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+/// `ops`: one line an operation, and how to read the next page when there is one.
+pub fn operation_lines(list: &Value) -> Vec<String> {
+    let more = list["next"]
+        .as_str()
+        .map(|next| format!("more: synchspeed ops --before {next}"));
+    items(&list["operations"])
+        .iter()
+        .map(|op| {
+            format!(
+                "{}  {}  {}  by {}",
+                op["createdAt"].as_str().unwrap_or("?"),
+                summary(op),
+                op["target"]["ip"].as_str().unwrap_or("?"),
+                op["caller"]["principal"]
+                    .as_str()
+                    .or(op["caller"]["addr"].as_str())
+                    .unwrap_or("?")
+            )
+        })
+        .chain(more)
+        .collect()
+}
+
 /// Follows an operation's changes on the screen.
 pub enum Display {
     /// Live bars on a terminal.

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use client::{Client, Failure, error_of};
 pub use display::Output;
-use display::{Display, instance_lines, summary};
+use display::{Display, hold_lines, instance_lines, operation_lines, status_lines, summary};
 use exit::Exit;
 pub use exit::HELP as EXIT_CODES;
 
@@ -428,86 +428,6 @@ fn print_read(output: Output, read: &Value, lines: fn(&Value) -> Vec<String>) {
             }
         }
     }
-}
-
-fn items(value: &Value) -> &[Value] {
-    value.as_array().map_or(&[][..], Vec::as_slice)
-}
-
-fn status_lines(view: &Value) -> Vec<String> {
-    let mut lines: Vec<String> = items(&view["instances"])
-        .iter()
-        .map(|i| {
-            format!(
-                "{} {} port {}: {}{}",
-                i["app"].as_str().unwrap_or("?"),
-                i["instanceId"].as_str().unwrap_or("?"),
-                i["port"],
-                i["status"].as_str().unwrap_or("?"),
-                if i["held"] == true {
-                    " (held offline by synchspeed)"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect();
-    if lines.is_empty() {
-        lines.push(format!(
-            "no instance registered on {}",
-            view["ip"].as_str().unwrap_or("?")
-        ));
-    }
-    if view["lastOperation"].is_object() {
-        lines.push(format!(
-            "last operation: {}",
-            summary(&view["lastOperation"])
-        ));
-    }
-    lines
-}
-
-fn hold_lines(held: &Value) -> Vec<String> {
-    let holds = items(&held["instances"]);
-    if holds.is_empty() {
-        return vec!["nothing is held offline".into()];
-    }
-    holds
-        .iter()
-        .map(|h| {
-            format!(
-                "{} {} ({}:{}) since {} by {}",
-                h["app"].as_str().unwrap_or("?"),
-                h["instanceId"].as_str().unwrap_or("?"),
-                h["ip"].as_str().unwrap_or("?"),
-                h["port"],
-                h["since"].as_str().unwrap_or("?"),
-                h["operationId"].as_str().unwrap_or("?")
-            )
-        })
-        .collect()
-}
-
-fn operation_lines(list: &Value) -> Vec<String> {
-    let more = list["next"]
-        .as_str()
-        .map(|next| format!("more: synchspeed ops --before {next}"));
-    items(&list["operations"])
-        .iter()
-        .map(|op| {
-            format!(
-                "{}  {}  {}  by {}",
-                op["createdAt"].as_str().unwrap_or("?"),
-                summary(op),
-                op["target"]["ip"].as_str().unwrap_or("?"),
-                op["caller"]["principal"]
-                    .as_str()
-                    .or(op["caller"]["addr"].as_str())
-                    .unwrap_or("?")
-            )
-        })
-        .chain(more)
-        .collect()
 }
 
 #[cfg(test)]

@@ -146,22 +146,16 @@ impl Settings {
     /// What the layers produce for `path`, as TOML, with every secret redacted: what
     /// `check-config` prints. Errors as [`Settings::load`] would.
     pub fn effective_toml(path: Option<&Path>) -> Result<String, ConfigError> {
-        let raw = merged(layer(path), &environment::variables()?)?;
-        let shown = toml::to_string(&raw)?;
-        raw.validate()?;
-        Ok(shown)
+        effective(layer(path), &environment::variables()?)
     }
 }
 
-#[cfg(test)]
-impl Settings {
-    /// [`Settings::effective_toml`] of TOML text, without the environment.
-    fn effective_toml_of(text: &str) -> Result<String, ConfigError> {
-        let raw = merged(Layer::Text(text), &[])?;
-        let shown = toml::to_string(&raw)?;
-        raw.validate()?;
-        Ok(shown)
-    }
+/// The merged layers as TOML, secrets redacted, once they are known to be valid.
+fn effective(layer: Layer<'_>, variables: &[(String, String)]) -> Result<String, ConfigError> {
+    let raw = merged(layer, variables)?;
+    let shown = toml::to_string(&raw)?;
+    raw.validate()?;
+    Ok(shown)
 }
 
 impl Raw {

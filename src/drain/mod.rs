@@ -328,6 +328,18 @@ impl Orchestrator {
         true
     }
 
+    /// The re-assertion of `key` did not land (the registry restarting): it is tried again
+    /// at the next change or pass, not a back-off later.
+    fn retry_reassertion_soon(&self, key: &crate::domain::InstanceKey) {
+        lock(&self.reassertions).clear(key);
+    }
+
+    /// A registry peer that was away answers again: the re-assertions tried meanwhile could
+    /// not reach it, so their back-offs say nothing of an instance reverting synchspeed.
+    fn retry_every_reassertion_soon(&self) {
+        lock(&self.reassertions).retain(|_| false);
+    }
+
     /// Keeps a dry run fetchable by its id, the oldest forgotten first.
     fn remember_dry_run(&self, operation: &Operation) {
         let mut kept = lock(&self.dry_runs);

@@ -82,10 +82,8 @@ pub async fn keep_held_offline(
             Observed::Left { key, ip } => judge_departure(&orchestrator, &key, ip).await,
             Observed::PeerBack(peer) => {
                 info!(peer = %peer, "a registry peer answers again; checking every hold now");
-                // The re-assertions tried while it was away could not reach it: they are no
-                // instance reverting what synchspeed wrote, and their back-off must not keep
-                // what it missed from being written now.
-                crate::sync::lock(&orchestrator.reassertions).retain(|_| false);
+                // What it missed is written now, not a back-off later.
+                orchestrator.retry_every_reassertion_soon();
                 orchestrator.recheck.notify_one();
             }
         }
@@ -260,7 +258,7 @@ pub(super) async fn reassert(
             // The back-off is for an instance that keeps reverting what synchspeed wrote; a
             // write that did not land (the registry restarting) is tried again at the next
             // change or pass, not a back-off later.
-            crate::sync::lock(&orchestrator.reassertions).clear(&instance.key());
+            orchestrator.retry_reassertion_soon(&instance.key());
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod combined;
 mod sql;
+mod sql_pool;
 mod static_source;
 
 use std::time::Duration;

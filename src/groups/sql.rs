@@ -8,9 +8,8 @@
 //! so; past that, or for an app never read, the answer is "cannot be looked up", and the
 //! operation stops before the registry (synchspeed cannot know whom to tell).
 //!
-//! The query runs on connections that are read-only and whose server stops a statement past
-//! `groups.sql.statement_timeout`: a mistaken `DELETE ... RETURNING` fails instead of deleting
-//! on every dry run, and a slow query does not keep running after synchspeed gave up on it.
+//! The query runs on read-only connections whose server stops a statement past
+//! `groups.sql.statement_timeout` (`sql_pool.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use sqlx::mysql::{MySql, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
+use sqlx::mysql::MySql;
+use sqlx::postgres::Postgres;
 use sqlx::{AssertSqlSafe, Column, Database, Executor, SqlSafeStr, Statement, Type, TypeInfo};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::sql_pool::Pool;
 use super::{GroupRoute, GroupSource, GroupsError, GroupsHealth};
-use crate::config::{SqlDialect, SqlGroupsSettings};
+use crate::config::SqlGroupsSettings;
 use crate::domain::{AppName, RouteSource};
 use crate::sync::{read, write};
 use crate::telemetry::Metrics;
@@ -53,11 +53,6 @@ enum ReadError {
     Database(#[from] sqlx::Error),
     #[error("no answer within {0:?} (groups.sql.statement_timeout)")]
     TimedOut(Duration),
-}
-
-enum Pool {
-    MySql(MySqlPool),
-    Postgres(PgPool),
 }
 
 /// What the table said of one app, and when.
@@ -118,36 +113,7 @@ impl SqlGroups {
         settings: &SqlGroupsSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SqlGroupsError> {
-        let url = settings.url.expose();
-        let timeout_ms = settings.statement_timeout.as_millis().max(1);
-        let pool = match settings.dialect {
-            SqlDialect::MySql => Pool::MySql(
-                MySqlPoolOptions::new()
-                    .max_connections(settings.pool_size)
-                    .acquire_timeout(settings.connect_timeout)
-                    .after_connect(move |connection, _| {
-                        Box::pin(async move { mysql_session(connection, timeout_ms).await })
-                    })
-                    .connect_lazy(url)
-                    .map_err(SqlGroupsError::Url)?,
-            ),
-            SqlDialect::Postgres => {
-                // Sent with the connection's start-up packet: no round trip of their own.
-                let options = url
-                    .parse::<PgConnectOptions>()
-                    .map_err(SqlGroupsError::Url)?
-                    .options([
-                        ("default_transaction_read_only", "on".to_owned()),
-                        ("statement_timeout", timeout_ms.to_string()),
-                    ]);
-                Pool::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(settings.pool_size)
-                        .acquire_timeout(settings.connect_timeout)
-                        .connect_lazy_with(options),
-                )
-            }
-        };
+        let pool = Pool::open(settings).map_err(SqlGroupsError::Url)?;
         let groups = Self {
             pool,
             settings: settings.clone(),
@@ -338,32 +304,6 @@ impl SqlGroups {
             .min();
         oldest.map_or(Duration::ZERO, |at| at.elapsed())
     }
-}
-
-/// Every statement of a MySQL or MariaDB connection runs read-only and is stopped by the
-/// server past `statement_timeout`: the operator's query is a read, and a client that gave up
-/// must not leave it running. MariaDB bounds statements with `max_statement_time` (seconds),
-/// MySQL 5.7+ its SELECTs with `max_execution_time` (milliseconds).
-async fn mysql_session(
-    connection: &mut MySqlConnection,
-    timeout_ms: u128,
-) -> Result<(), sqlx::Error> {
-    connection
-        .execute("SET SESSION TRANSACTION READ ONLY")
-        .await?;
-    let version: String = sqlx::query_scalar("SELECT VERSION()")
-        .fetch_one(&mut *connection)
-        .await?;
-    let bound = if version.to_ascii_lowercase().contains("mariadb") {
-        format!(
-            "SET SESSION max_statement_time = {}",
-            timeout_ms as f64 / 1000.0
-        )
-    } else {
-        format!("SET SESSION max_execution_time = {timeout_ms}")
-    };
-    connection.execute(AssertSqlSafe(bound)).await?;
-    Ok(())
 }
 
 /// How a query's shape check ended when it did not pass.

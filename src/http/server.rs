@@ -275,8 +275,8 @@ impl Connection {
         let router = self.router;
         // Only HTTP/2 needs to know when its last request started (HTTP/1's header timer
         // covers the idle wait).
-        let last_request = Arc::new(Mutex::new(tokio::time::Instant::now()));
-        let started = h2.then(|| Arc::clone(&last_request));
+        let last_request = h2.then(|| Arc::new(Mutex::new(tokio::time::Instant::now())));
+        let started = last_request.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             if let Some(started) = &started {
                 *lock(started) = tokio::time::Instant::now();
@@ -285,7 +285,7 @@ impl Connection {
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
-        if h2 {
+        if let Some(last_request) = last_request {
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(H2_STREAMS)

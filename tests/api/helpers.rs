@@ -420,6 +420,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A counter of `/metrics` by its whole series (`synchspeed_x_total{why="y"}`); 0 when
+    /// it was never counted.
+    pub async fn counter(&self, series: &str) -> u64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub async fn operation(&self, id: &str) -> Value {
         let response = self.get(&format!("/api/v1/operations/{id}")).await;
         assert_eq!(response.status(), 200);

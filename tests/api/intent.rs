@@ -41,11 +41,7 @@ async fn held(app: &TestApp) -> usize {
 
 /// The reconciler's pass counter, from `/metrics`.
 async fn reconcile_runs(app: &TestApp) -> u64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("synchspeed_reconcile_runs_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    app.counter("synchspeed_reconcile_runs_total").await
 }
 
 /// Waits for two full passes of the reconciler that started after this call.
@@ -433,12 +429,10 @@ fn default_reconciler(peers: &[&EurekaDouble], node: &GatewayNode) -> TestConfig
 
 /// `synchspeed_reassertions_total{trigger}`, from `/metrics`.
 async fn reassertions(app: &TestApp, trigger: &str) -> u64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    let series = format!("synchspeed_reassertions_total{{trigger=\"{trigger}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    app.counter(&format!(
+        "synchspeed_reassertions_total{{trigger=\"{trigger}\"}}"
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -506,12 +500,9 @@ async fn a_departure_the_refresh_shows_ends_the_hold_at_once() {
     eventually("the hold ends, counted as a departure", || async {
         held(&app).await == 0
             && app
-                .get("/metrics")
+                .counter("synchspeed_holds_ended_total{why=\"departed\"}")
                 .await
-                .text()
-                .await
-                .unwrap()
-                .contains("synchspeed_holds_ended_total{why=\"departed\"} 1")
+                == 1
     })
     .await;
     assert_eq!(reconcile_runs(&app).await, 1, "only the pass at start ran");

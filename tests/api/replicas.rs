@@ -29,6 +29,14 @@ fn edge(eureka: &EurekaDouble, nodes: Vec<String>) -> TestConfig {
         .nodes("EDGE", nodes)
 }
 
+/// ORDER-SERVICE and PAYMENT-SERVICE both routed to EDGE, of this node.
+fn both_apps(eureka: &EurekaDouble, node: &GatewayNode) -> TestConfig {
+    TestConfig::eureka(&[eureka.url()])
+        .route("ORDER-SERVICE", &["EDGE"])
+        .route("PAYMENT-SERVICE", &["EDGE"])
+        .nodes("EDGE", vec![node.address()])
+}
+
 /// Replica A, once it leads, and replica B following it.
 async fn leader_and_follower(config: &TestConfig, db: &StoreDb) -> (TestApp, TestApp) {
     let a = TestApp::spawn_process(replica(config, db, "replica-a")).await;
@@ -403,15 +411,11 @@ async fn a_follower_relays_tokens_streams_and_caller_addresses_as_one_service() 
     };
     let eureka = EurekaDouble::with_order_and_payment().await;
     let node = GatewayNode::start(Behaviour::Ack).await;
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .route("PAYMENT-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![node.address()])
-        .security(&format!(
-            "allow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\ndeny = [\"192.0.2.66\"]\n\
+    let config = both_apps(&eureka, &node).security(&format!(
+        "allow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\ndeny = [\"192.0.2.66\"]\n\
              trusted_proxies = [\"127.0.0.1\"]\n\
              tokens = [{{ principal = \"deployer\", token = \"{TOKEN}\" }}]"
-        ));
+    ));
     let (a, b) = leader_and_follower(&config, &db).await;
     let offline_url = b.url(&format!("/api/v1/instances/{IP}/offline?wait=true"));
 
@@ -533,10 +537,7 @@ async fn a_relay_secret_changed_in_the_store_is_read_again_by_both_ends() {
     };
     let eureka = EurekaDouble::with_order_and_payment().await;
     let node = GatewayNode::start(Behaviour::Ack).await;
-    let config = TestConfig::eureka(&[eureka.url()])
-        .route("ORDER-SERVICE", &["EDGE"])
-        .route("PAYMENT-SERVICE", &["EDGE"])
-        .nodes("EDGE", vec![node.address()])
+    let config = both_apps(&eureka, &node)
         .security("allow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\ntrusted_proxies = [\"127.0.0.1\"]");
     let (a, b) = leader_and_follower(&config, &db).await;
     db.execute(
