@@ -1,10 +1,9 @@
-//! Settings: the layers, the defaults the README documents, errors that name the key,
-//! secrets that never show.
+//! One file past 500 lines because every test loads settings through the same layers
+//! (`Settings::from_toml`, `merged`): together they read as the list of what a configuration
+//! guarantees, and split by section each file would set the layering up again.
 //!
-//! Past 500 lines, one file: every test loads settings through the same layers
-//! (`Settings::from_toml`, `merged`), and together they read as the list of what a
-//! configuration guarantees; split by section, each file would set up the layering again.
-//! The environment's own tests are beside it, in `environment.rs`.
+//! Settings: the layers, the defaults the README documents, errors that name the key,
+//! secrets that never show. The environment's own tests are beside it, in `environment.rs`.
 
 use super::*;
 use std::net::IpAddr;
